@@ -1,0 +1,220 @@
+"""One door to bytes: local paths, ``file://`` and ``s3://`` URIs.
+
+S3 goes through boto3 with the standard AWS credential chain (env, profile,
+instance role); ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` point it at any
+S3-compatible server (SeaweedFS, MinIO). Credentials are never logged or stored.
+
+Writes are atomic: a local file is written to a temporary sibling and renamed;
+an S3 ``PutObject`` is atomic by design. So an object is visible whole or not at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+__all__ = [
+    "StorageError",
+    "Location",
+    "parse",
+    "join",
+    "is_s3",
+    "read_bytes",
+    "write_bytes",
+    "exists",
+    "list_files",
+    "s3_client",
+    "pyarrow_filesystem",
+]
+
+
+class StorageError(RuntimeError):
+    """A read or write failed; the message names the URI and what to check."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: ``scheme`` is ``"file"`` or ``"s3"``; ``path`` is the local path or the S3 key."""
+
+    scheme: str
+    bucket: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.path}" if self.scheme == "s3" else self.path
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def parse(uri: str | os.PathLike) -> Location:
+    """Parse ``s3://bucket/key``, ``file:///path`` or a plain path."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        rest = text[len("s3://") :]
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise StorageError(f"{text!r}: an S3 URI needs a bucket, e.g. s3://my-bucket/prefix")
+        return Location("s3", bucket, key)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        raise StorageError(f"{text!r}: unsupported URI scheme; use a local path, file:// or s3://")
+    return Location("file", "", text)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI."""
+    text = str(base)
+    if is_s3(text):
+        out = text.rstrip("/")
+        for p in parts:
+            if p:
+                out += "/" + p.strip("/")
+        return out
+    return str(Path(text, *parts))
+
+
+@functools.lru_cache(maxsize=None)
+def _client(pid: int):  # noqa: ARG001 - one client per process (boto3 clients are not fork-safe)
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": int(os.environ.get("NSTRAY_S3_MAX_ATTEMPTS", "10")), "mode": "adaptive"},
+        connect_timeout=float(os.environ.get("NSTRAY_S3_CONNECT_TIMEOUT", "5")),
+        read_timeout=float(os.environ.get("NSTRAY_S3_READ_TIMEOUT", "60")),
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def s3_client():
+    """A boto3 S3 client (cached per process) with bounded adaptive retries (throttling, 503, connection errors)."""
+    return _client(os.getpid())
+
+
+def _s3_error(action: str, uri: str, exc: Exception) -> StorageError:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        hint = "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role"
+    elif isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "?")
+        hint = {
+            "NoSuchKey": "the object does not exist",
+            "404": "the object does not exist",
+            "NoSuchBucket": "the bucket does not exist; create it or fix the URI",
+            "AccessDenied": "access denied: check the credentials' permissions for this bucket",
+            "403": "access denied: check the credentials' permissions for this bucket",
+        }.get(code, f"S3 error {code}")
+    else:
+        hint = f"{type(exc).__name__}: {exc} (is the endpoint reachable? AWS_ENDPOINT_URL={os.environ.get('AWS_ENDPOINT_URL', '<unset>')})"
+    return StorageError(f"cannot {action} {uri}: {hint}")
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """Read a whole object or file."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        try:
+            return Path(loc.path).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"cannot read {loc.path}: file not found") from None
+        except IsADirectoryError:
+            raise StorageError(f"cannot read {loc.path}: it is a directory, not a file") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {loc.path}: {exc.strerror}") from None
+    try:
+        return s3_client().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read()
+    except Exception as exc:  # botocore raises many types; all become one clear error
+        raise _s3_error("read", str(uri), exc) from None
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write a whole object or file atomically (never half-written under its final name)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        path = Path(loc.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    try:
+        s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data)
+    except Exception as exc:
+        raise _s3_error("write", str(uri), exc) from None
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    loc = parse(uri)
+    if loc.scheme == "file":
+        return Path(loc.path).exists()
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().head_object(Bucket=loc.bucket, Key=loc.path)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _s3_error("check", str(uri), exc) from None
+    except Exception as exc:
+        raise _s3_error("check", str(uri), exc) from None
+
+
+def list_files(prefix: str | os.PathLike) -> Iterator[str]:
+    """Yield URIs of every file/object below a folder or S3 prefix (recursively), sorted for local paths."""
+    loc = parse(prefix)
+    if loc.scheme == "file":
+        root = Path(loc.path)
+        if root.is_dir():
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and not p.name.endswith(".partial"):
+                    yield str(p)
+        return
+    key_prefix = loc.path.rstrip("/") + "/" if loc.path else ""
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=key_prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield f"s3://{loc.bucket}/{obj['Key']}"
+    except Exception as exc:
+        raise _s3_error("list", str(prefix), exc) from None
+
+
+def pyarrow_filesystem(uri: str | os.PathLike):
+    """A ``(pyarrow.fs.FileSystem, path)`` pair for reading/writing Parquet at ``uri``.
+
+    For S3 it takes credentials and endpoint from the same environment as boto3.
+    """
+    import pyarrow.fs as pafs
+
+    loc = parse(uri)
+    if loc.scheme == "file":
+        return pafs.LocalFileSystem(), os.path.abspath(loc.path)
+    import boto3
+
+    creds = boto3.session.Session().get_credentials()
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {}
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), f"{loc.bucket}/{loc.path}"
