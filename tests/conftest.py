@@ -17,7 +17,29 @@ from pathlib import Path
 import pytest
 
 S3_HOST = "127.0.0.1"
-S3_PORT = 8333
+
+
+def _free_port_base() -> int:
+    """A base port with base..base+4 and their gRPC twins (+10000) free, so parallel sessions don't collide."""
+    import random
+
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        base = rng.randrange(20000, 29000, 10)
+        ports = [base + i for i in range(5)] + [base + 10000 + i for i in range(5)]
+        if not any(_port_open(S3_HOST, p) for p in ports):
+            return base
+    raise RuntimeError("no free port block for the test S3 server")
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+PORT_BASE = _free_port_base()
+S3_PORT = PORT_BASE + 2
 S3_ENDPOINT = f"http://{S3_HOST}:{S3_PORT}"
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -40,14 +62,8 @@ def _weed_binary() -> str:
     return found
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
 class S3Server:
-    """A running SeaweedFS `weed mini` on 127.0.0.1:8333 that can be stopped and restarted."""
+    """A running SeaweedFS `weed mini` on 127.0.0.1 (ports chosen per session) that can be stopped and restarted."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -62,6 +78,8 @@ class S3Server:
             _weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={S3_HOST}", f"-ip.bind={S3_HOST}",
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-master.port={PORT_BASE}", f"-filer.port={PORT_BASE + 1}", f"-s3.port={S3_PORT}",
+            f"-volume.port={PORT_BASE + 3}", f"-admin.port={PORT_BASE + 4}",
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env,
@@ -110,7 +128,7 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> S3Server:
-    """A real S3-compatible server for the whole session (SeaweedFS on 127.0.0.1:8333)."""
+    """A real S3-compatible server for the whole session (SeaweedFS on 127.0.0.1)."""
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
     yield server
