@@ -8,7 +8,9 @@ import click
 from nstray import __version__
 from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
+from nstray.cli.optimize import optimize
 from nstray.cli.styling import styles, stylize
+from nstray.cli.weights import weights
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,3 +25,5 @@ main.add_command(styles)
 main.add_command(run)
 main.add_command(submit)
 main.add_command(demo)
+main.add_command(optimize)
+main.add_command(weights)
