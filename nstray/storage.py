@@ -77,7 +77,7 @@ def join(base: str | os.PathLike, *parts: str) -> str:
             if p:
                 out += "/" + p.strip("/")
         return out
-    return str(Path(text, *parts))
+    return str(Path(parse(text).path, *parts))
 
 
 @functools.lru_cache(maxsize=None)

@@ -103,7 +103,7 @@ class S3Server:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=3)  # weed mini often ignores SIGTERM for long: don't wait on it
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
