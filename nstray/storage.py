@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -141,7 +141,9 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     if loc.scheme == "file":
         path = Path(loc.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial"
+        # os.open honours the umask (mkstemp would force 0600 on every output)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -1,16 +1,342 @@
-"""``nstray stylize`` and ``nstray styles ...``: style one image by parts; browse the style bank."""
+"""``nstray stylize`` and ``nstray styles ...``: style one image by parts; browse the style bank.
+
+Part masks for ``nstray stylize`` come from one of:
+
+* ``--coco ANNOTATIONS --image-id ID``: the image's annotations in a COCO JSON (local or
+  ``s3://``); overlaps follow the plan's ``overlaps`` rule.
+* ``--masks MASKS.png``: a single-channel label image (8- or 16-bit grey, or a palette PNG
+  read by index) the size of IMAGE. A pixel value ``v > 0`` is a category id, 0 is background.
+  Names for the ids come from ``--coco`` (its ``categories``), else ``--categories a,b,c``
+  (``v = 1`` is ``a``), else the plan's ``parts`` in the order listed (``background`` skipped).
+  All pixels of one value form one part.
+"""
 
 from __future__ import annotations
+
+import io
 
 import click
 
 
+def _read_image(uri: str, what: str):
+    from nstray import storage
+    from nstray.data.images import ImageDecodeError, decode_image
+
+    try:
+        return decode_image(storage.read_bytes(uri), name=uri)
+    except (storage.StorageError, ImageDecodeError) as exc:
+        raise click.ClickException(f"{what}: {exc}") from None
+
+
+def _write_png(uri: str, array) -> None:
+    from PIL import Image
+
+    from nstray import storage
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    try:
+        storage.write_bytes(uri, buf.getvalue())
+    except storage.StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _load_plan(path: str, categories: list[str] | None):
+    from nstray.plan import PlanError, load_plan
+
+    try:
+        return load_plan(path, categories=categories)
+    except PlanError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def _coco_categories(coco: dict) -> dict[int, str]:
+    return {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
+
+
+def _labels_from_coco(coco: dict, coco_uri: str, image_id: int, height: int, width: int, order):
+    """(label map, part categories) of one COCO image; its declared size must match the image."""
+    from nstray.data.coco import read_records
+    from nstray.masks import MaskError, label_map
+
+    records, errors = read_records(coco, "", check_files=False, source=coco_uri)
+    record = next((r for r in records if r.image_id == image_id), None)
+    if record is None:
+        bad = [e for e in errors if e.image_id == image_id]
+        if bad:
+            raise click.ClickException(f"image id {image_id} in {coco_uri}: {bad[0].problem}; fix: {bad[0].fix}")
+        ids = [r.image_id for r in records]
+        shown = ", ".join(map(str, ids[:20])) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
+        raise click.ClickException(f"no image with id {image_id} in {coco_uri}; valid ids: {shown}")
+    if (record.height, record.width) != (height, width):
+        raise click.ClickException(
+            f"image id {image_id} is declared {record.width}x{record.height} in {coco_uri} but IMAGE is "
+            f"{width}x{height}: is it the right image?"
+        )
+    try:
+        labels = label_map(record.parts, height, width, order=order)
+    except MaskError as exc:
+        raise click.ClickException(f"image id {image_id}: {exc}") from None
+    return labels, [p.category for p in record.parts]
+
+
+def _labels_from_png(uri: str, names: dict[int, str], height: int, width: int):
+    """(label map, part categories) from a label PNG whose values are category ids."""
+    import numpy as np
+    from PIL import Image
+
+    from nstray import storage
+
+    try:
+        im = Image.open(io.BytesIO(storage.read_bytes(uri)))
+        im.load()
+    except (storage.StorageError, OSError) as exc:
+        raise click.ClickException(f"--masks {uri}: cannot read it: {exc}") from None
+    if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise click.ClickException(
+            f"--masks {uri}: a {im.mode} image; the masks must be a single-channel label PNG (grey or palette) "
+            "whose pixel values are category ids (0 = background)"
+        )
+    values = np.asarray(im).astype(np.int64)
+    if values.shape != (height, width):
+        raise click.ClickException(f"--masks {uri} is {values.shape[1]}x{values.shape[0]}, IMAGE is {width}x{height}")
+    ids = [int(v) for v in np.unique(values) if v > 0]
+    unknown = [v for v in ids if v not in names]
+    if unknown:
+        known = ", ".join(f"{k}={v}" for k, v in sorted(names.items()))
+        raise click.ClickException(f"--masks {uri}: values {unknown} name no category; known ids: {known}")
+    labels = np.full((height, width), -1, dtype=np.int32)
+    for k, v in enumerate(ids):
+        labels[values == v] = k
+    return labels, [names[v] for v in ids]
+
+
+def _downscale(image, labels, max_side: int | None):
+    """Shrink the image (Lanczos) and its label map (nearest) so the longer side is at most ``max_side``."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image, labels
+    s = max_side / max(h, w)
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
+    lab = np.asarray(Image.fromarray(labels.astype(np.int32), mode="I").resize(size, Image.NEAREST)).astype(np.int32)
+    return small, lab
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # very old Pillow
+        return ImageFont.load_default()
+
+
+def _preview(original, labels, categories, styles, result, plan):
+    """original | part overlay with a legend | result, side by side (uint8 [H', 3W', 3])."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    from nstray import compose
+
+    names = sorted(set(categories))
+    cat_index = np.array([names.index(c) for c in categories] + [0], dtype=np.int64)
+    per_cat = np.where(labels >= 0, cat_index[labels], -1)
+    t = torch.tensor(original).permute(2, 0, 1).float() / 255
+    over = compose.to_uint8(compose.overlay(t, torch.from_numpy(per_cat))).numpy()
+    h, w = original.shape[:2]
+    gap = 6
+    font_px = max(11, min(22, w // 40))
+    line = font_px + 6
+    legend_rows = -(-len(names) // 3) + 1 if names else 1
+    canvas = Image.new("RGB", (3 * w + 2 * gap, h + legend_rows * line + 8), "white")
+    for i, arr in enumerate((original, over, result)):
+        canvas.paste(Image.fromarray(arr), (i * (w + gap), 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_px)
+    y = h + 4
+    draw.text((4, y), "original", fill="black", font=font)
+    draw.text((w + gap + 4, y), "parts", fill="black", font=font)
+    draw.text((2 * (w + gap) + 4, y), "result", fill="black", font=font)
+    col_w = (3 * w + 2 * gap) // 3
+    for n, name in enumerate(names):
+        r, c = divmod(n, 3)
+        x0, y0 = c * col_w + 4, h + 4 + (r + 1) * line
+        color = compose.PALETTE[n % len(compose.PALETTE)]
+        draw.rectangle([x0, y0 + 2, x0 + font_px, y0 + font_px + 2], fill=color, outline="black")
+        style = styles.get(name, "none")
+        spec = plan.styles.get(style)
+        detail = ""
+        if spec is not None and spec.kind == "multistyle":
+            detail = f" (multistyle {spec.index})" if spec.index is not None else " (multistyle blend)"
+        elif spec is not None:
+            detail = f" ({spec.kind})"
+        draw.text((x0 + font_px + 6, y0), f"{name}: {style}{detail}", fill="black", font=font)
+    bg = styles.get("background")
+    if bg and bg != "none":
+        draw.text((col_w + 4, y), f"   background: {bg}", fill="black", font=font)
+    return np.asarray(canvas)
+
+
 @click.command()
-def stylize() -> None:
-    """Style one image, each annotated part with its own style (see the style plan)."""
-    raise click.ClickException("not built yet")
+@click.argument("image")
+@click.option("--out", "out", required=True, help="Where to write the styled PNG (local path or s3:// URI).")
+@click.option("--plan", "plan_path", required=True, help="The style plan YAML (see nstray.plan).")
+@click.option("--coco", "coco_uri", default=None, help="COCO annotations JSON holding the image's parts.")
+@click.option("--image-id", type=int, default=None, help="The image's id in --coco.")
+@click.option("--masks", "masks_uri", default=None, help="A label PNG: pixel value = category id, 0 = background.")
+@click.option("--categories", default=None,
+              help="For --masks without --coco: comma-separated names, value 1 = the first (default: the plan's parts).")
+@click.option("--preview", "preview_uri", default=None, help="Also write original | parts | result side by side.")
+@click.option("--variant", type=int, default=0, show_default=True, help="Which variant (style lists are sampled per variant).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the style sampling.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (falls back to cpu with a warning).")
+@click.option("--max-side", type=int, default=None, help="Shrink the image so its longer side is at most this (faster).")
+def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id: int | None, masks_uri: str | None,
+            categories: str | None, preview_uri: str | None, variant: int, seed: int, device: str,
+            max_side: int | None) -> None:
+    """Style one IMAGE, each annotated part with its own style (see the style plan).
+
+    Parts come from --coco with --image-id, or from a --masks label PNG.
+    """
+    if (coco_uri is None or image_id is None) and masks_uri is None:
+        raise click.UsageError("give the parts: --coco ANNOTATIONS --image-id ID, or --masks MASKS.png")
+    if masks_uri is None and coco_uri is not None and image_id is None:
+        raise click.UsageError("--coco needs --image-id (which image of the annotations IMAGE is)")
+    if masks_uri is not None and image_id is not None:
+        raise click.UsageError("--image-id goes with --coco alone; with --masks the parts come from the PNG")
+
+    from rich.console import Console
+
+    from nstray.plan import BACKGROUND
+
+    console = Console(stderr=True)
+    original = _read_image(image, "IMAGE")
+    h, w = original.shape[:2]
+    coco = None
+    if coco_uri is not None:
+        from nstray.data.coco import DatasetError, load_coco
+
+        try:
+            coco = load_coco(coco_uri)
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
+    if coco is not None:
+        names = _coco_categories(coco)
+        plan = _load_plan(plan_path, sorted(set(names.values())))
+    elif categories:
+        listed = [c.strip() for c in categories.split(",") if c.strip()]
+        names = {i + 1: c for i, c in enumerate(listed)}
+        plan = _load_plan(plan_path, listed)
+    else:
+        plan = _load_plan(plan_path, None)
+        names = {i + 1: c for i, c in enumerate(c for c in plan.parts if c != BACKGROUND)}
+    if masks_uri is not None:
+        labels, part_categories = _labels_from_png(masks_uri, names, h, w)
+    else:
+        assert coco is not None and image_id is not None and coco_uri is not None
+        labels, part_categories = _labels_from_coco(coco, coco_uri, image_id, h, w, plan.overlaps)
+    original, labels = _downscale(original, labels, max_side)
+
+    from nstray.stylize.parts import PartStylizer, StylizeError
+
+    try:
+        stylizer = PartStylizer(plan, device=device)
+        result = stylizer(original, labels, part_categories, variant=variant, seed=seed,
+                          key=image_id if image_id is not None else "")
+    except StylizeError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_png(out, result.image)
+    if preview_uri:
+        _write_png(preview_uri, _preview(original, labels, part_categories, result.styles, result.image, plan))
+    from rich.table import Table
+
+    table = Table("category", "style", title=f"{len(part_categories)} parts")
+    for cat, style in sorted(result.styles.items()):
+        table.add_row(cat, style)
+    console.print(table)
+    console.print(f"wrote {out}" + (f" and {preview_uri}" if preview_uri else ""))
 
 
 @click.group()
 def styles() -> None:
     """Browse the builtin style bank."""
+
+
+@styles.command("list")
+def list_styles() -> None:
+    """The builtin multi-style network's styles (index and name) and the registered weights."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nstray.models.multistyle import STYLE_NAMES
+    from nstray.weights import REGISTRY
+
+    console = Console()
+    table = Table("index", "name", title="builtin styles (kind: multistyle; use index or name in a plan)")
+    for i, name in enumerate(STYLE_NAMES):
+        table.add_row(str(i), name)
+    console.print(table)
+    reg = Table("name", "uri", "description", title="weights registry")
+    for entry in REGISTRY.values():
+        reg.add_row(entry.name, entry.uri, entry.description)
+    console.print(reg)
+    console.print("see all styles on your own picture: nstray styles sheet IMAGE --out SHEET.png")
+
+
+def contact_sheet(image, size: int = 256, columns: int = 7, device: str = "cpu", batch: int = 6):
+    """All builtin styles on one image: ``uint8`` tiles (original first) labelled ``index name``."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    from nstray.models.multistyle import STYLE_NAMES, multistyle26
+    from nstray.stylize.parts import resolve_device
+
+    dev = resolve_device(device)
+    im = Image.fromarray(image)
+    im.thumbnail((size, size), Image.LANCZOS)
+    small = np.asarray(im)
+    th, tw = small.shape[:2]
+    net = multistyle26().to(dev)
+    x = torch.from_numpy(np.array(small)).to(dev).permute(2, 0, 1)[None].float() / 255
+    eye = torch.eye(len(STYLE_NAMES), device=dev)
+    tiles = [("original", small)]
+    with torch.inference_mode():
+        for start in range(0, len(STYLE_NAMES), batch):
+            w = eye[start : start + batch]
+            out = net(x.expand(w.shape[0], -1, -1, -1), w)
+            for j, o in enumerate(out):
+                i = start + j
+                tiles.append((f"{i} {STYLE_NAMES[i]}", (o.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()))
+    pad, label = 6, max(14, th // 12)
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * (tw + pad) + pad, rows * (th + label + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(label - 3)
+    for n, (name, arr) in enumerate(tiles):
+        r, c = divmod(n, columns)
+        x0, y0 = pad + c * (tw + pad), pad + r * (th + label + pad)
+        sheet.paste(Image.fromarray(arr), (x0, y0 + label))
+        draw.text((x0 + 2, y0 + 1), name, fill="black", font=font)
+    return np.asarray(sheet)
+
+
+@styles.command("sheet")
+@click.argument("image")
+@click.option("--out", "out", required=True, help="Where to write the contact sheet PNG.")
+@click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Tile size (longer side, px).")
+@click.option("--columns", type=click.IntRange(1, 27), default=7, show_default=True, help="Tiles per row.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+def sheet(image: str, out: str, size: int, columns: int, device: str) -> None:
+    """A contact sheet: IMAGE in all builtin styles, each tile labelled with its index and name."""
+    arr = _read_image(image, "IMAGE")
+    _write_png(out, contact_sheet(arr, size=size, columns=columns, device=device))
+    click.echo(f"wrote {out}")
+
+
+__all__ = ["stylize", "styles", "contact_sheet"]
