@@ -10,6 +10,7 @@ from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
 from nstray.cli.styling import styles, stylize
+from nstray.cli.train import train_style
 from nstray.cli.weights import weights
 
 
@@ -27,3 +28,4 @@ main.add_command(submit)
 main.add_command(demo)
 main.add_command(optimize)
 main.add_command(weights)
+main.add_command(train_style)
