@@ -7,7 +7,7 @@ maps COCO category names to styles::
       a: {kind: multistyle, index: 3}                 # or a name from STYLE_NAMES
       mix: {kind: multistyle, weights: {3: 0.5, 7: 0.5}}
       b: {kind: arbitrary, image: styles/starry.jpg}  # local path or s3:// URI
-      c: {kind: feedforward, weights: s3://bucket/models/vg.pt}   # validated; not runnable yet
+      c: {kind: feedforward, weights: s3://bucket/models/vg.pt}   # trained by `nstray train-style`
     parts:
       wheel: {style: a, scale: 2.0}
       hood: {style: b, strength: 0.8, preserve_color: true}
@@ -131,7 +131,11 @@ class ArbitrarySpec(_Model):
 
 
 class FeedforwardSpec(_Model):
-    """A trained feed-forward (Johnson) checkpoint. Validated now; running it is a later issue."""
+    """A trained feed-forward checkpoint (``nstray train-style``: a Johnson network or a new CIN style).
+
+    ``weights``: a local path (relative to the plan file), an ``s3://`` URI or a registry name; it
+    is read when the stylizer loads (:func:`nstray.stylize.feedforward.load_feedforward`).
+    """
 
     kind: Literal["feedforward"]
     weights: str

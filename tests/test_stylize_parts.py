@@ -229,7 +229,7 @@ def test_bad_inputs_and_unsupported_styles_are_clear():
     with pytest.raises(StylizeError, match=r"uint8 \[H, W, 3\]"):
         ps(img.astype(np.float32), lab, CATS)
     ff = load_plan({"styles": {"vg": {"kind": "feedforward", "weights": "s3://b/vg.pt"}}, "parts": {"hood": {"style": "vg"}}})
-    with pytest.raises(StylizeError, match="vg: kind 'feedforward' is not supported yet"):
+    with pytest.raises(StylizeError, match=r"style vg: cannot read feed-forward weights s3://b/vg\.pt"):
         PartStylizer(ff)
     with pytest.warns(RuntimeWarning, match="CUDA is not available") if not torch.cuda.is_available() else _nothing():
         PartStylizer(_plan({"hood": {"style": "pale"}}), device="cuda")

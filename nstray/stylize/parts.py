@@ -1,14 +1,16 @@
 """Per-part styling: every annotated part (and the background) its own style, in one pass per network.
 
 :class:`PartStylizer` loads once the networks a plan needs (the 26-style CIN network, the
-arbitrary-style predictor + transformer), predicts the style vectors of the plan's style
+arbitrary-style predictor + transformer, each trained ``feedforward`` checkpoint through
+:func:`nstray.stylize.feedforward.load_feedforward`), predicts the style vectors of the plan's style
 images once (read through :mod:`nstray.storage`, so ``s3://`` works), and then styles images:
 
 1. each part's style is drawn from the plan (:meth:`Plan.choose`, deterministic);
 2. **one forward pass per network** styles all the parts that use it: a per-pixel style map
    (multi-style weights; arbitrary-style vectors + masks) built from the label map. Pixels
    outside that network's parts take the style of the *nearest* such part, so a part's edge
-   sees its own style on both sides (clean edges; what they get is discarded by compositing);
+   sees its own style on both sides (clean edges; what they get is discarded by compositing).
+   A trained feed-forward checkpoint has a single style: its pass styles the whole frame;
 3. parts with ``scale > 1`` are styled at a larger working size instead: their bounding box
    with context is cropped, upsampled by ``scale``, styled, and downsampled into place
    (finer strokes, proportionate to a small part). Each crop's working size is rounded up to
@@ -60,7 +62,7 @@ class _Region:
     category: str
     style: str
     spec: PartSpec
-    kind: str  # "multistyle" | "arbitrary"
+    kind: str  # the network: "multistyle" | "arbitrary" | "feedforward:<weights>" (one per checkpoint)
 
 
 @dataclass
@@ -169,12 +171,6 @@ class PartStylizer:
         self.max_batch_pixels = int(max_batch_pixels)
         self.edge_band_px = edge_band_px
         used = sorted(plan.used_styles())
-        unsupported = [n for n in used if isinstance(plan.styles[n], FeedforwardSpec)]
-        if unsupported:
-            raise StylizeError(
-                f"style(s) {', '.join(unsupported)}: kind 'feedforward' is not supported yet (trained checkpoints "
-                "come in a later release); use kind multistyle or arbitrary for now"
-            )
         kinds = plan.kinds()
         self.multistyle = None
         self.transformer = None
@@ -197,6 +193,22 @@ class PartStylizer:
                 if isinstance(spec, ArbitrarySpec):
                     self._vectors[name] = self._style_vector(predictor, spec)
             del predictor
+        # trained checkpoints: one network per distinct weights URI, keyed "feedforward:<weights>"
+        self.feedforward: dict[str, torch.nn.Module] = {}
+        self._network_of: dict[str, str] = {}
+        if "feedforward" in kinds:
+            from nstray.stylize.feedforward import FeedforwardError, load_feedforward
+
+            for name in used:
+                spec = plan.styles[name]
+                if isinstance(spec, FeedforwardSpec):
+                    key = f"feedforward:{spec.weights}"
+                    if key not in self.feedforward:
+                        try:
+                            self.feedforward[key] = load_feedforward(spec.weights, self.device)
+                        except FeedforwardError as exc:
+                            raise StylizeError(f"style {name}: {exc}") from None
+                    self._network_of[name] = key
 
     @torch.inference_mode()
     def _style_vector(self, predictor: torch.nn.Module, spec: ArbitrarySpec) -> Tensor:
@@ -251,7 +263,7 @@ class PartStylizer:
         keys = list(keys) if keys is not None else [""] * n
         works = [self._plan_image(i, images[i], label_maps[i], part_categories[i], variants[i], seeds[i], keys[i])
                  for i in range(n)]
-        for kind in ("multistyle", "arbitrary"):
+        for kind in ("multistyle", "arbitrary", *self.feedforward):
             self._full_passes(works, kind)
         self._crop_passes(works)
         return [self._composite(w) for w in works]
@@ -291,7 +303,8 @@ class PartStylizer:
             if style == NONE or spec is None or spec.strength == 0:
                 continue
             remap[old + 1] = len(regions)
-            regions.append(_Region(len(regions), category, style, spec, self.plan.styles[style].kind))
+            kind = self._network_of.get(style, self.plan.styles[style].kind)
+            regions.append(_Region(len(regions), category, style, spec, kind))
         work = _Work(original=image, regions=regions, region_map=remap[lm + 1], styles=styles)
         for r in regions:
             crop = self._crop_for(index, work, r) if r.spec.scale > 1.0 else None
@@ -315,7 +328,9 @@ class PartStylizer:
 
     # ------------------------------------------------------------------ forward passes
 
-    def _run(self, kind: str, x: Tensor, style: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    def _run(self, kind: str, x: Tensor, style: Tensor | tuple[Tensor, Tensor] | None) -> Tensor:
+        if kind in self.feedforward:  # a trained single-style network: no style condition
+            return self.feedforward[kind](x)
         if kind == "multistyle":
             assert self.multistyle is not None
             return self.multistyle(x, style)
@@ -333,7 +348,7 @@ class PartStylizer:
             for start in range(0, len(idxs), per):
                 chunk = idxs[start : start + per]
                 x = torch.stack([self._to_tensor(works[i].original) for i in chunk])
-                style = self._style_maps([works[i] for i in chunk], kind)
+                style = None if kind in self.feedforward else self._style_maps([works[i] for i in chunk], kind)
                 out = self._run(kind, x, style)
                 for j, i in enumerate(chunk):
                     works[i].layers[kind] = out[j]
@@ -413,7 +428,7 @@ class PartStylizer:
             inputs.append(x[0])
             windows.append((y0, x0, wh, ww, th, tw))
         x = torch.stack(inputs)
-        styles = torch.stack([self._vectors[c.style] for c in bucket])
+        styles = None if kind in self.feedforward else torch.stack([self._vectors[c.style] for c in bucket])
         out = self._run(kind, x, styles)
         for c, o, (y0, x0, wh, ww, th, tw) in zip(bucket, out, windows):
             small = F.interpolate(o[None, :, :th, :tw], size=(wh, ww), mode="bilinear", align_corners=False,
