@@ -1,0 +1,250 @@
+"""The dataset-job config: what to style, how, where to write it, and with what resources.
+
+A job config is a YAML file (or a dict)::
+
+    input: {annotations: s3://bucket/coco/annotations.json, images: s3://bucket/coco/images}
+    output: s3://bucket/styled/run-1
+    variants: 2            # styled copies per image; list styles are sampled per variant with the seed
+    seed: 7
+    plan:                  # an inline style plan (see nstray.plan) or a path to a plan YAML
+      styles: {a: {kind: multistyle, index: 3}, b: {kind: multistyle, index: 12}}
+      parts: {wheel: {style: [a, b]}, hood: {style: b}, background: {style: none}}
+    resources: {actors: 4, gpus_per_actor: 1, batch_size: 8}   # CPU when gpus_per_actor: 0 or no GPU there
+    limits: {max_pixels: 40000000}
+    format: {type: png, quality: 95}                            # png | jpg
+
+Everything is validated when the config is loaded, before Ray starts: every error names its field
+path (``resources.actors: must be ≥ 1``), the plan included (``plan.parts.hood.strength: ...``).
+Relative local paths (input, output, a plan path, style images of an inline plan) resolve against the
+config file's folder (the current folder for a dict), so a loaded config is self-contained: its
+``model_dump()`` can be shipped to a cluster and loaded again unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nstray import storage
+from nstray.data.images import DEFAULT_MAX_PIXELS
+
+__all__ = [
+    "ConfigError",
+    "InputConfig",
+    "ResourcesConfig",
+    "LimitsConfig",
+    "FormatConfig",
+    "JobConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """The job config is invalid; the message lists every problem with its field path."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Model):
+    """The COCO annotations file and the folder/prefix its ``file_name`` values are relative to."""
+
+    annotations: str = Field(min_length=1)
+    images: str = Field(min_length=1)
+
+
+class ResourcesConfig(_Model):
+    """How the stylize stage is spread over the cluster.
+
+    ``actors``: size of the stylizer actor pool (each loads the models once).
+    ``gpus_per_actor``: GPUs each actor reserves; 0 = CPU. When the cluster has no GPU at all and
+    ``cpu_fallback`` is on, the job runs on CPU instead of waiting for a GPU that never comes.
+    ``cpus_per_actor``: CPUs each actor reserves (also its torch thread count).
+    ``batch_size``: images per stylize call.
+    ``fuse_stages``: run read/decode/masks and encode/write inside the stylizer actors instead of as
+    separate CPU tasks. ``auto`` fuses on CPU-only jobs (no object-store round trips for pixels,
+    which is faster when the same cores do everything) and keeps stages apart on GPUs (CPU tasks
+    keep the GPUs fed).
+    """
+
+    actors: int = Field(1, ge=1)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1, le=4096)
+    fuse_stages: Literal["auto"] | bool = "auto"
+    cpu_fallback: bool = True
+
+    def fused(self, gpus: float | None = None) -> bool:
+        """Whether stages run fused inside the actors, for a job that reserves ``gpus`` per actor."""
+        if self.fuse_stages != "auto":
+            return bool(self.fuse_stages)
+        return (self.gpus_per_actor if gpus is None else gpus) == 0
+
+
+class LimitsConfig(_Model):
+    """``max_pixels``: images larger than this are not decoded (a record error, not an OOM)."""
+
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+
+
+class FormatConfig(_Model):
+    """Output image encoding: ``png`` (lossless) or ``jpg`` with ``quality`` 1–100."""
+
+    type: Literal["png", "jpg"] = "png"
+    quality: int = Field(95, ge=1, le=100)
+
+    @property
+    def ext(self) -> str:
+        return self.type
+
+
+class JobConfig(_Model):
+    """A validated dataset-job config (see the module docstring for the YAML shape).
+
+    ``plan`` is held as a plain dict (a validated, path-resolved plan) so the config pickles and
+    serializes as data; :meth:`load_plan` gives the typed :class:`nstray.plan.Plan`.
+    ``rows_per_shard``: images per Parquet shard of the index the job streams.
+    ``contact_sheet``: how many results the contact sheet shows (0 = none).
+    """
+
+    input: InputConfig
+    output: str = Field(min_length=1)
+    variants: int = Field(1, ge=1, le=1000)
+    seed: int = 0
+    plan: dict[str, Any] | str
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    format: FormatConfig = Field(default_factory=FormatConfig)
+    rows_per_shard: int = Field(256, ge=1)
+    contact_sheet: int = Field(6, ge=0, le=64)
+
+    def load_plan(self, categories: list[str] | None = None):
+        """The typed plan; with ``categories`` every part name must be one of them (raises PlanError)."""
+        from nstray.plan import load_plan
+
+        return load_plan(self.plan, categories=categories)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides an output's pixels (plan, seed, format).
+
+        The manifest records it per output; a rerun skips only outputs done with the same
+        fingerprint, so changing the plan restyles instead of silently keeping stale images.
+        """
+        key = {"v": 1, "plan": self.plan, "seed": self.seed, "format": self.format.model_dump()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "": JobConfig, "input": InputConfig, "resources": ResourcesConfig, "limits": LimitsConfig, "format": FormatConfig,
+}
+
+
+def _describe(err: dict) -> str:
+    """One pydantic error → ``field.path: plain message``."""
+    loc = [str(p) for p in err["loc"]]
+    # pydantic appends the union member to the path (plan.dict[str,any]); drop those tags
+    loc = [p for p in loc if not (p.startswith(("dict[", "str", "literal[", "bool")) and p != loc[0])]
+    path = ".".join(loc) or "<config>"
+    kind, ctx, msg = err["type"], err.get("ctx") or {}, err["msg"]
+    if kind == "extra_forbidden":
+        model = _MODELS.get(".".join(loc[:-1]), JobConfig)
+        msg = f"unknown key; valid keys: {', '.join(model.model_fields)}"
+    elif kind == "missing":
+        msg = "required"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        msg = f"must be {sign} {bound} (got {err.get('input')!r})"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx.get('expected', '')} (got {err.get('input')!r})"
+    elif kind == "string_too_short":
+        msg = "must not be empty"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{path}: {msg}"
+
+
+def _resolve(uri: str, base_dir: str) -> str:
+    """A relative local path → absolute against ``base_dir``; URIs and absolute paths stay."""
+    if storage.is_s3(uri):
+        return uri
+    if storage.is_s3(base_dir):
+        return uri if uri.startswith("/") else storage.join(base_dir, uri)
+    p = Path(storage.parse(uri).path).expanduser()
+    return str(p if p.is_absolute() else (Path(base_dir) / p).resolve())
+
+
+def load_config(source: str | os.PathLike | dict | JobConfig, *, base_dir: str | os.PathLike | None = None) -> JobConfig:
+    """Load and validate a job config from a YAML path/URI, a dict, or a ``JobConfig``.
+
+    ``base_dir``: the folder relative paths resolve against (default: the config file's folder,
+    or the current folder for a dict). Raises :class:`ConfigError` listing every problem by field.
+    """
+    from nstray.plan import PlanError, load_plan
+
+    if isinstance(source, JobConfig):
+        return source
+    if isinstance(source, dict):
+        data: Any = source
+        where = "config"
+        base = str(base_dir) if base_dir is not None else os.getcwd()
+    else:
+        where = str(source)
+        try:
+            text = storage.read_bytes(where).decode("utf-8")
+        except storage.StorageError as exc:
+            raise ConfigError(f"cannot read the job config: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not a text YAML file") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        if base_dir is not None:
+            base = str(base_dir)
+        elif storage.is_s3(where):
+            base = where.rsplit("/", 1)[0]
+        else:
+            base = str(Path(storage.parse(where).path).resolve().parent)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a job config must be a mapping with input, output, plan ... (got {type(data).__name__})")
+    try:
+        cfg = JobConfig.model_validate(data)
+    except ValidationError as exc:
+        lines: list[str] = []
+        for err in exc.errors():
+            if err["loc"][:1] == ("plan",) and err["type"] in ("dict_type", "string_type"):
+                line = f"plan: must be an inline plan (a mapping) or a path to a plan YAML (got {err.get('input')!r})"
+            else:
+                line = _describe(err)
+            if line not in lines:
+                lines.append(line)
+        raise ConfigError(f"invalid job config ({where}):\n  " + "\n  ".join(lines)) from None
+
+    # the plan: a path (relative to the config) or inline (its style images relative to the config)
+    try:
+        if isinstance(cfg.plan, str):
+            plan = load_plan(_resolve(cfg.plan, base))
+        else:
+            plan = load_plan(cfg.plan, base_dir=base)
+    except PlanError as exc:
+        lines = str(exc).splitlines()
+        head, rest = lines[0], [ln.strip() for ln in lines[1:] if ln.strip()]
+        if rest:
+            msg = "\n  ".join(f"plan.{ln}" if not ln.startswith("<plan>") else "plan: " + ln[len("<plan>: "):] for ln in rest)
+        else:
+            msg = f"plan: {head}"
+        raise ConfigError(f"invalid job config ({where}):\n  {msg}") from None
+
+    return cfg.model_copy(update={
+        "input": InputConfig(annotations=_resolve(cfg.input.annotations, base), images=_resolve(cfg.input.images, base)),
+        "output": _resolve(cfg.output, base),
+        "plan": plan.model_dump(mode="json", exclude_none=True),
+    })

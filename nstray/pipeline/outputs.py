@@ -1,0 +1,359 @@
+"""What a dataset job leaves under its output URI, besides the images.
+
+- ``manifest/part-<run>-<seq>.parquet``: one row per output attempt (image, variant, key, styles per
+  part, models, seed, status, seconds …). Written in parts while the job streams, so an interrupted
+  run keeps everything it finished; the latest row per (image, variant) wins when read back.
+- ``errors.parquet``: one row per failed record of the latest run (image id, file, stage, reason, fix).
+- ``annotations.json``: COCO of the styled set: one image per output, the source's annotations copied
+  onto each, and ``nstray`` provenance (source image, variant, styles) per image.
+- ``contact_sheet.png``: a few results, original | variants.
+- ``_state.json``: digests of what the three files above were built from, so a rerun that changes
+  nothing rewrites nothing.
+
+Storage goes through :mod:`nstray.storage` (atomic writes), so all of this works on local folders and S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nstray import storage
+
+__all__ = [
+    "MANIFEST_DIR",
+    "ERRORS_FILE",
+    "ANNOTATIONS_FILE",
+    "CONTACT_SHEET_FILE",
+    "STATE_FILE",
+    "manifest_schema",
+    "errors_schema",
+    "new_run_id",
+    "read_manifest",
+    "ManifestWriter",
+    "error_rows",
+    "write_errors",
+    "build_coco",
+    "render_contact_sheet",
+    "read_state",
+    "write_state",
+    "digest",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_DIR = "manifest"
+ERRORS_FILE = "errors.parquet"
+ANNOTATIONS_FILE = "annotations.json"
+CONTACT_SHEET_FILE = "contact_sheet.png"
+STATE_FILE = "_state.json"
+
+
+def manifest_schema():
+    """Arrow schema of a manifest part file (one row per output attempt)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("image_id", pa.int64()),
+        ("variant", pa.int64()),
+        ("source_file", pa.string()),
+        ("output_key", pa.string()),  # relative to the output root
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("styles", pa.string()),  # JSON {category: style name}
+        ("models", pa.string()),  # JSON [{name, uri, sha256}]
+        ("seed", pa.int64()),
+        ("fingerprint", pa.string()),  # hash of plan + seed + format (JobConfig.fingerprint)
+        ("status", pa.string()),  # done | failed
+        ("stage", pa.string()),  # where it failed: read, decode, masks, stylize, encode, write
+        ("error", pa.string()),
+        ("seconds", pa.float64()),
+        ("prepare_s", pa.float64()),
+        ("stylize_s", pa.float64()),
+        ("write_s", pa.float64()),
+        ("finished_at", pa.string()),
+        ("run_id", pa.string()),
+    ])
+
+
+def errors_schema():
+    """Arrow schema of ``errors.parquet`` (one row per failed record)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("image_id", pa.int64()),  # null when the problem has no image (e.g. an annotation without image_id)
+        ("file_name", pa.string()),
+        ("stage", pa.string()),  # coco (the annotations), read, decode, masks, stylize, encode, write
+        ("reason", pa.string()),
+        ("fix", pa.string()),
+    ])
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time (so later manifest parts override earlier ones)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def digest(obj: Any) -> str:
+    """A stable hash of JSON-able data."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _read_parquet(uri: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(output: str):
+    """The latest manifest row per (image_id, variant) across every part file, as an Arrow table.
+
+    Part files are read in name order (run ids sort by time), later rows override earlier ones.
+    An unreadable part is skipped with a warning: its outputs are simply redone.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = manifest_schema()
+    tables = []
+    for uri in sorted(storage.list_files(storage.join(output, MANIFEST_DIR))):
+        if not uri.endswith(".parquet"):
+            continue
+        try:
+            t = _read_parquet(uri)
+            tables.append(t.select(schema.names).cast(schema))
+        except Exception as exc:  # noqa: BLE001 - a damaged part only means redoing its outputs
+            log.warning("skipping unreadable manifest part %s (%s); its outputs will be redone", uri, exc)
+    if not tables:
+        return schema.empty_table()
+    table = pa.concat_tables(tables)
+    table = table.append_column("_row", pa.array(np.arange(len(table), dtype=np.int64)))
+    last = table.group_by(["image_id", "variant"]).aggregate([("_row", "max")])
+    keep = pc.sort_indices(last["_row_max"])
+    rows = pc.take(last["_row_max"], keep)
+    return table.take(rows).drop_columns(["_row"])
+
+
+@dataclass
+class ManifestWriter:
+    """Collects manifest rows streamed back from the job and writes them as Parquet part files.
+
+    A part is flushed every ``flush_rows`` rows or ``flush_seconds`` seconds, so an interrupted run
+    keeps what it finished. A failure identical to the one already recorded for that output (same
+    stage and reason) is not written again: a rerun that fails the same way writes nothing.
+    """
+
+    output: str
+    run_id: str
+    previous: dict[tuple[int, int], tuple[str, str, str]] = field(default_factory=dict)
+    flush_rows: int = 500
+    flush_seconds: float = 30.0
+    done: int = 0
+    failed: int = 0
+    rows: list[dict] = field(default_factory=list)  # every row of this run, ``keep`` columns only
+    keep: tuple[str, ...] | None = None
+    parts: list[str] = field(default_factory=list)
+    _buffer: list[dict] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    def add(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            row = dict(row, run_id=self.run_id)
+            self.rows.append(row if self.keep is None else {k: row[k] for k in self.keep})
+            if row["status"] == "done":
+                self.done += 1
+            else:
+                self.failed += 1
+            key = (int(row["image_id"]), int(row["variant"]))
+            if row["status"] != "done" and self.previous.get(key) == (row["status"], row["stage"], row["error"]):
+                continue
+            self._buffer.append(row)
+        if len(self._buffer) >= self.flush_rows or (self._buffer and time.monotonic() - self._last_flush > self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=manifest_schema())
+        uri = storage.join(self.output, MANIFEST_DIR, f"part-{self.run_id}-{len(self.parts):05d}.parquet")
+        storage.write_bytes(uri, _parquet_bytes(table))
+        self.parts.append(uri)
+        self._buffer = []
+
+
+# ---------------------------------------------------------------- errors
+
+
+_DEFAULT_FIX = {
+    "read": "check that input.images is the folder or prefix file_name is relative to, and that the file exists "
+            "and is readable with these credentials",
+    "decode": "re-export the image as RGB PNG or JPEG",
+    "masks": "fix the annotation's segmentation (polygons of >= 3 points inside the image, or RLE of the image size)",
+    "stylize": "check the image and the plan; rerun the job to retry (out-of-memory: lower resources.batch_size)",
+    "encode": "rerun the job to retry",
+    "write": "check that the output location is writable (permissions, free space, bucket) and rerun the job",
+}
+
+
+def error_rows(record_errors: Sequence[Any], failed: Sequence[dict]) -> list[dict]:
+    """One row per failed record: COCO problems (``RecordError``) grouped per record, then job failures.
+
+    ``failed`` are manifest rows with status ``failed``; the variants of one image failing the same way
+    make one row.
+    """
+    grouped: dict[tuple, dict] = {}
+    for e in record_errors:
+        key = ("coco", e.image_id, e.file_name)
+        row = grouped.setdefault(key, {"image_id": e.image_id, "file_name": e.file_name, "stage": "coco",
+                                       "reason": [], "fix": []})
+        if e.problem not in row["reason"]:
+            row["reason"].append(e.problem)
+        if e.fix not in row["fix"]:
+            row["fix"].append(e.fix)
+    for r in failed:
+        reason, _, fix = str(r["error"]).partition("; fix: ")
+        key = ("job", int(r["image_id"]), r["source_file"])
+        row = grouped.setdefault(key, {"image_id": int(r["image_id"]), "file_name": r["source_file"],
+                                       "stage": r["stage"], "reason": [], "fix": []})
+        if reason not in row["reason"]:
+            row["reason"].append(reason)
+        fix = fix or _DEFAULT_FIX.get(str(r["stage"]), "rerun the job to retry")
+        if fix not in row["fix"]:
+            row["fix"].append(fix)
+    rows = [dict(r, reason="; ".join(r["reason"]), fix="; ".join(r["fix"])) for r in grouped.values()]
+    rows.sort(key=lambda r: (r["image_id"] is not None, r["image_id"] or 0, r["file_name"], r["stage"], r["reason"]))
+    return rows
+
+
+def write_errors(output: str, rows: list[dict]) -> str:
+    """Write ``errors.parquet`` (always, even empty, so tools can rely on it); returns its URI."""
+    import pyarrow as pa
+
+    uri = storage.join(output, ERRORS_FILE)
+    storage.write_bytes(uri, _parquet_bytes(pa.Table.from_pylist(rows, schema=errors_schema())))
+    return uri
+
+
+# ---------------------------------------------------------------- COCO of the styled set
+
+
+def build_coco(source: dict, done: Sequence[dict], *, description: str = "") -> dict:
+    """The styled set as COCO: one image per done output (sorted by source id, variant), the source
+    image's annotations copied onto it with new ids, ``file_name`` = the output key (relative to the
+    output root) and ``nstray`` provenance (source image id and file, variant, styles)."""
+    images_by_id = {img["id"]: img for img in source.get("images", []) if isinstance(img, dict) and "id" in img}
+    anns_by_image: dict[Any, list[dict]] = {}
+    for ann in source.get("annotations", []):
+        if isinstance(ann, dict):
+            anns_by_image.setdefault(ann.get("image_id"), []).append(ann)
+
+    images: list[dict] = []
+    annotations: list[dict] = []
+    for row in sorted(done, key=lambda r: (int(r["image_id"]), int(r["variant"]))):
+        src = images_by_id.get(int(row["image_id"]))
+        if src is None:
+            continue
+        new_id = len(images) + 1
+        entry = {k: v for k, v in src.items() if k not in ("id", "file_name", "width", "height", "nstray")}
+        entry.update({
+            "id": new_id,
+            "file_name": row["output_key"],
+            "width": int(row["width"]),
+            "height": int(row["height"]),
+            "nstray": {
+                "source_image_id": int(row["image_id"]),
+                "source_file": row["source_file"],
+                "variant": int(row["variant"]),
+                "styles": json.loads(row["styles"]) if isinstance(row["styles"], str) else row["styles"],
+                "seed": int(row["seed"]),
+            },
+        })
+        images.append(entry)
+        for ann in anns_by_image.get(int(row["image_id"]), []):
+            annotations.append(dict(ann, id=len(annotations) + 1, image_id=new_id))
+    info = dict(source.get("info") or {}) if isinstance(source.get("info"), dict) else {}
+    info["description"] = description or f"nstray styled set of {info.get('description', 'a COCO dataset')}"
+    out = {"info": info, "images": images, "annotations": annotations, "categories": source.get("categories", [])}
+    if "licenses" in source:
+        out["licenses"] = source["licenses"]
+    return out
+
+
+# ---------------------------------------------------------------- contact sheet
+
+
+def render_contact_sheet(rows: Sequence[tuple[str, str, list[tuple[int, str]]]], *, thumb_height: int = 160,
+                         max_pixels: int = 50_000_000) -> bytes:
+    """PNG of ``rows``: each ``(label, original_uri, [(variant, styled_uri), ...])`` becomes one line,
+    original | variant 0 | variant 1 … scaled to ``thumb_height``."""
+    from PIL import Image, ImageDraw
+
+    from nstray.data.images import decode_image
+
+    def thumb(uri: str) -> Image.Image:
+        arr = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels)
+        im = Image.fromarray(arr)
+        w = max(1, round(im.width * thumb_height / im.height))
+        return im.resize((w, thumb_height), Image.Resampling.LANCZOS)
+
+    pad, caption = 6, 14
+    lines: list[tuple[str, list[tuple[str, Image.Image]]]] = []
+    for label, original, styled in rows:
+        cells = [("original", thumb(original))] + [(f"variant {v}", thumb(u)) for v, u in styled]
+        lines.append((label, cells))
+    if not lines:
+        return b""
+    width = max(sum(im.width for _, im in cells) + pad * (len(cells) + 1) for _, cells in lines)
+    height = len(lines) * (thumb_height + caption + pad) + pad
+    sheet = Image.new("RGB", (width, height), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    y = pad
+    for label, cells in lines:
+        x = pad
+        for name, im in cells:
+            draw.text((x, y), f"{label} {name}" if name == "original" else name, fill=(40, 40, 40))
+            sheet.paste(im, (x, y + caption))
+            x += im.width + pad
+        y += thumb_height + caption + pad
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- state
+
+
+def read_state(output: str) -> dict:
+    """``_state.json`` (digests of the derived files), or ``{}``."""
+    uri = storage.join(output, STATE_FILE)
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (storage.StorageError, ValueError):
+        return {}
+
+
+def write_state(output: str, state: dict) -> None:
+    storage.write_bytes(storage.join(output, STATE_FILE), json.dumps(state, sort_keys=True, indent=1).encode())

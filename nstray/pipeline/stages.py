@@ -1,0 +1,368 @@
+"""The stages of the dataset job, as Ray Data batch functions and one callable actor class.
+
+Every stage takes and returns a batch (``dict[str, np.ndarray]``, one entry per column) and never
+raises for a single record: a record that fails keeps flowing with ``stage``/``error`` set, so it
+becomes a manifest row and an ``errors.parquet`` row while the rest of its batch goes on.
+
+- :func:`prepare_batch` (CPU task): read the image bytes, decode, build the part label map.
+- :class:`Stylizer` (actor; models loaded once in ``__init__``): style every pending variant.
+- :func:`encode_write_batch` (CPU task): encode PNG/JPEG and write it under its deterministic key
+  (``images/<image_id>/<variant>.<ext>``, atomic), returning the manifest rows.
+
+Images of different sizes flow as raw bytes + shape columns (never stacked), so a batch may hold any
+mix of sizes. With ``fused=True`` the actor runs all three stages itself: no pixels cross the
+object store, which is what a CPU-only job wants.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "StageOptions",
+    "output_key",
+    "encode_image",
+    "prepare_batch",
+    "stylize_rows",
+    "encode_write_batch",
+    "model_ids",
+    "Stylizer",
+]
+
+Batch = dict[str, np.ndarray]
+
+# networks (weights registry names) each style kind runs on: recorded per output in the manifest
+_KIND_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "multistyle": ("multistyle26",),
+    "arbitrary": ("arbitrary_predict", "arbitrary_transform"),
+}
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """What every stage needs to know about the job (small, picklable; shipped to every task/actor).
+
+    ``variants``: the variants to make for an image unless ``exceptions`` lists others for its id
+    (a resumed job redoes only what is not done yet).
+    """
+
+    output: str
+    ext: str = "png"
+    quality: int = 95
+    max_pixels: int = 50_000_000
+    overlaps: str | tuple[str, ...] = "smaller-on-top"
+    seed: int = 0
+    fingerprint: str = ""
+    variants: tuple[int, ...] = (0,)
+    exceptions: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def pending(self, image_id: int) -> tuple[int, ...]:
+        """The variants still to make for ``image_id``."""
+        return self.exceptions.get(int(image_id), self.variants)
+
+
+def output_key(image_id: int, variant: int, ext: str) -> str:
+    """The output's key relative to the output root: ``images/<image_id>/<variant>.<ext>``."""
+    return f"images/{int(image_id)}/{int(variant)}.{ext}"
+
+
+def encode_image(image: np.ndarray, ext: str, quality: int = 95) -> bytes:
+    """``uint8[H,W,3]`` → PNG (lossless) or JPEG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    im = Image.fromarray(image, "RGB")
+    if ext == "png":
+        im.save(buf, format="PNG")
+    elif ext in ("jpg", "jpeg"):
+        im.save(buf, format="JPEG", quality=int(quality))
+    else:
+        raise ValueError(f"unsupported output format {ext!r}; valid: png, jpg")
+    return buf.getvalue()
+
+
+def model_ids(plan: Any) -> list[dict]:
+    """Identity (name, uri, sha256) of every weights file the plan runs on: the builtin networks of its
+    style kinds and each trained ``feedforward`` checkpoint it uses."""
+    from nstray.weights import describe
+
+    refs = [name for kind in sorted(plan.kinds()) for name in _KIND_WEIGHTS.get(kind, ())]
+    for style in sorted(plan.used_styles()):
+        spec = plan.styles[style]
+        if spec.kind == "feedforward" and spec.weights not in refs:
+            refs.append(spec.weights)
+    return [describe(ref) for ref in refs]
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array (numpy must not turn equal-length bytes/lists into a 2-D array)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)  # ImageDecodeError carries a clean reason (+ fix)
+    if reason:
+        fix = getattr(exc, "fix", "")
+        return f"{reason}; fix: {fix}" if fix else str(reason)
+    return f"{type(exc).__name__}: {exc}" if not str(exc).startswith(type(exc).__name__) else str(exc)
+
+
+def _labels_dtype(num_parts: int) -> np.dtype:
+    """The smallest signed type that holds labels −1..num_parts−1 (label maps cross the object store)."""
+    if num_parts <= np.iinfo(np.int8).max:
+        return np.dtype(np.int8)
+    if num_parts <= np.iinfo(np.int16).max:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+# ---------------------------------------------------------------- stage 1: read + decode + masks
+
+PREPARED_COLUMNS = ("image_id", "file_name", "uri", "height", "width", "pixels", "labels", "labels_dtype",
+                    "categories", "stage", "error", "prepare_s")
+
+
+def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
+    """Index rows → decoded pixels + label maps (bytes columns); a failing record carries its stage and reason."""
+    from nstray import masks, storage
+    from nstray.data.coco import ImageRecord
+    from nstray.data.images import decode_image
+
+    n = len(batch["image_id"])
+    cols: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
+    order: Any = opts.overlaps if isinstance(opts.overlaps, str) else list(opts.overlaps)
+    for i in range(n):
+        t0 = time.perf_counter()
+        row = {k: batch[k][i] for k in ("image_id", "file_name", "uri", "width", "height", "parts")}
+        rec = ImageRecord.from_row(row)
+        stage, error = "", ""
+        pixels = labels = b""
+        ldtype = "int8"
+        h, w = rec.height, rec.width
+        categories: list[str] = [p.category for p in rec.parts]
+        try:
+            stage = "read"
+            data = storage.read_bytes(rec.uri)
+            stage = "decode"
+            image = decode_image(data, name=rec.file_name, max_pixels=opts.max_pixels)
+            if image.shape[:2] != (rec.height, rec.width):
+                raise ValueError(f"declared size {rec.width}x{rec.height} differs from the file's "
+                                 f"{image.shape[1]}x{image.shape[0]}; fix: correct width/height in the images entry")
+            stage = "masks"
+            lm = masks.label_map(rec.parts, rec.height, rec.width, order)
+            dt = _labels_dtype(len(rec.parts))
+            pixels, labels, ldtype = image.tobytes(), lm.astype(dt).tobytes(), dt.name
+            stage = ""
+        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
+            error = _reason(exc)
+        cols["image_id"].append(rec.image_id)
+        cols["file_name"].append(rec.file_name)
+        cols["uri"].append(rec.uri)
+        cols["height"].append(h)
+        cols["width"].append(w)
+        cols["pixels"].append(pixels)
+        cols["labels"].append(labels)
+        cols["labels_dtype"].append(ldtype)
+        cols["categories"].append(json.dumps(categories))
+        cols["stage"].append(stage)
+        cols["error"].append(error)
+        cols["prepare_s"].append(time.perf_counter() - t0)
+    return {
+        "image_id": np.asarray(cols["image_id"], dtype=np.int64),
+        "file_name": _objects(cols["file_name"]),
+        "uri": _objects(cols["uri"]),
+        "height": np.asarray(cols["height"], dtype=np.int64),
+        "width": np.asarray(cols["width"], dtype=np.int64),
+        "pixels": _objects(cols["pixels"]),
+        "labels": _objects(cols["labels"]),
+        "labels_dtype": _objects(cols["labels_dtype"]),
+        "categories": _objects(cols["categories"]),
+        "stage": _objects(cols["stage"]),
+        "error": _objects(cols["error"]),
+        "prepare_s": np.asarray(cols["prepare_s"], dtype=np.float64),
+    }
+
+
+# ---------------------------------------------------------------- stage 2: stylize
+
+STYLED_COLUMNS = ("image_id", "variant", "file_name", "uri", "height", "width", "pixels", "styles", "models",
+                  "stage", "error", "prepare_s", "stylize_s")
+
+
+def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = "[]") -> Batch:
+    """Prepared images → one styled row per pending variant (``stylizer`` is a :class:`PartStylizer`).
+
+    All good images × variants go through one ``stylize_batch`` call (same-size images share forward
+    passes); if that call fails, each item is retried alone so only the culprit fails.
+    """
+    items: list[dict] = []  # one per (image, variant)
+    for i in range(len(batch["image_id"])):
+        base = {
+            "image_id": int(batch["image_id"][i]), "file_name": str(batch["file_name"][i]), "uri": str(batch["uri"][i]),
+            "height": int(batch["height"][i]), "width": int(batch["width"][i]),
+            "stage": str(batch["stage"][i]), "error": str(batch["error"][i]),
+            "prepare_s": float(batch["prepare_s"][i]), "pixels": b"", "styles": "{}", "stylize_s": 0.0,
+        }
+        variants = opts.pending(base["image_id"])
+        if not base["error"]:
+            h, w = base["height"], base["width"]
+            image = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(h, w, 3)
+            labels = np.frombuffer(batch["labels"][i], dtype=np.dtype(str(batch["labels_dtype"][i])))
+            labels = labels.reshape(h, w).astype(np.int32)
+            categories = json.loads(batch["categories"][i])
+        for v in variants:
+            item = dict(base, variant=int(v))
+            if not base["error"]:
+                item["_in"] = (image, labels, categories)
+            items.append(item)
+
+    todo = [it for it in items if "_in" in it]
+    if todo:
+        t0 = time.perf_counter()
+        try:
+            results = stylizer.stylize_batch(
+                [it["_in"][0] for it in todo], [it["_in"][1] for it in todo], [it["_in"][2] for it in todo],
+                variants=[it["variant"] for it in todo], seeds=[opts.seed] * len(todo),
+                keys=[it["image_id"] for it in todo],
+            )
+            each = (time.perf_counter() - t0) / len(todo)
+            for it, res in zip(todo, results):
+                it["pixels"], it["styles"], it["stylize_s"] = _styled(res), json.dumps(res.styles, sort_keys=True), each
+        except Exception:  # noqa: BLE001 - find the one that failed: one at a time
+            _release_gpu_memory()
+            for it in todo:
+                t1 = time.perf_counter()
+                try:
+                    res = stylizer.stylize_batch([it["_in"][0]], [it["_in"][1]], [it["_in"][2]], variants=[it["variant"]],
+                                                 seeds=[opts.seed], keys=[it["image_id"]])[0]
+                    it["pixels"], it["styles"] = _styled(res), json.dumps(res.styles, sort_keys=True)
+                except Exception as exc:  # noqa: BLE001
+                    _release_gpu_memory()
+                    it["stage"], it["error"] = "stylize", _reason(exc)
+                it["stylize_s"] = time.perf_counter() - t1
+
+    out: Batch = {
+        "image_id": np.asarray([it["image_id"] for it in items], dtype=np.int64),
+        "variant": np.asarray([it["variant"] for it in items], dtype=np.int64),
+        "height": np.asarray([it["height"] for it in items], dtype=np.int64),
+        "width": np.asarray([it["width"] for it in items], dtype=np.int64),
+        "prepare_s": np.asarray([it["prepare_s"] for it in items], dtype=np.float64),
+        "stylize_s": np.asarray([it["stylize_s"] for it in items], dtype=np.float64),
+        "models": _objects([models] * len(items)),
+    }
+    for c in ("file_name", "uri", "pixels", "styles", "stage", "error"):
+        out[c] = _objects([it[c] for it in items])
+    return out
+
+
+def _styled(res: Any) -> bytes:
+    img = np.ascontiguousarray(res.image, dtype=np.uint8)
+    return img.tobytes()
+
+
+def _release_gpu_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+# ---------------------------------------------------------------- stage 3: encode + write
+
+def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
+    """Styled rows → encoded objects written under their keys → manifest rows (see ``outputs.MANIFEST_SCHEMA``)."""
+    from nstray import storage
+
+    n = len(batch["image_id"])
+    keys, status, stage, error, write_s = [], [], [], [], []
+    for i in range(n):
+        image_id, variant = int(batch["image_id"][i]), int(batch["variant"][i])
+        key = output_key(image_id, variant, opts.ext)
+        err, stg = str(batch["error"][i]), str(batch["stage"][i])
+        t0 = time.perf_counter()
+        if not err:
+            try:
+                stg = "encode"
+                h, w = int(batch["height"][i]), int(batch["width"][i])
+                image = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(h, w, 3)
+                data = encode_image(image, opts.ext, opts.quality)
+                stg = "write"
+                storage.write_bytes(storage.join(opts.output, key), data)
+                stg = ""
+            except Exception as exc:  # noqa: BLE001
+                err = _reason(exc)
+        keys.append(key)
+        status.append("failed" if err else "done")
+        stage.append(stg if err else "")
+        error.append(err)
+        write_s.append(time.perf_counter() - t0)
+    prep = np.asarray(batch["prepare_s"], dtype=np.float64)
+    styl = np.asarray(batch["stylize_s"], dtype=np.float64)
+    wr = np.asarray(write_s, dtype=np.float64)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "image_id": np.asarray(batch["image_id"], dtype=np.int64),
+        "variant": np.asarray(batch["variant"], dtype=np.int64),
+        "source_file": _objects([str(x) for x in batch["file_name"]]),
+        "output_key": _objects(keys),
+        "width": np.asarray(batch["width"], dtype=np.int64),
+        "height": np.asarray(batch["height"], dtype=np.int64),
+        "styles": _objects([str(x) for x in batch["styles"]]),
+        "models": _objects([str(x) for x in batch["models"]]),
+        "seed": np.full(n, opts.seed, dtype=np.int64),
+        "fingerprint": _objects([opts.fingerprint] * n),
+        "status": _objects(status),
+        "stage": _objects(stage),
+        "error": _objects(error),
+        "seconds": prep + styl + wr,
+        "prepare_s": prep,
+        "stylize_s": styl,
+        "write_s": wr,
+        "finished_at": _objects([now] * n),
+    }
+
+
+# ---------------------------------------------------------------- the actor
+
+class Stylizer:
+    """Ray Data actor: loads the plan's networks once, then styles batches (optionally all stages fused).
+
+    ``gpus``: GPUs this actor reserved; it runs on CUDA when that is > 0 and a GPU is really visible,
+    otherwise on the CPU. ``threads``: torch intra-op threads on the CPU.
+    """
+
+    def __init__(self, plan: dict, opts: StageOptions, *, gpus: float = 0.0, threads: int = 1,
+                 fused: bool = False) -> None:
+        import torch
+
+        from nstray.plan import load_plan
+        from nstray.stylize.parts import PartStylizer
+
+        if threads > 0:
+            torch.set_num_threads(int(threads))
+        self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+        parsed = load_plan(plan)
+        self.stylizer = PartStylizer(parsed, device=self.device)
+        self.models = json.dumps(model_ids(parsed), sort_keys=True)
+        self.opts = opts
+        self.fused = fused
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.fused:
+            batch = prepare_batch(batch, self.opts)
+        out = stylize_rows(self.stylizer, batch, self.opts, self.models)
+        if self.fused:
+            out = encode_write_batch(out, self.opts)
+        return out
