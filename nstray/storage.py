@@ -26,6 +26,7 @@ __all__ = [
     "read_bytes",
     "write_bytes",
     "exists",
+    "version_tag",
     "list_files",
     "s3_client",
     "pyarrow_filesystem",
@@ -171,6 +172,18 @@ def exists(uri: str | os.PathLike) -> bool:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise _s3_error("check", str(uri), exc) from None
+    except Exception as exc:
+        raise _s3_error("check", str(uri), exc) from None
+
+
+def version_tag(uri: str | os.PathLike) -> str:
+    """A string that changes when the object changes: S3 ETag, or a local file's size and mtime."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        st = Path(loc.path).stat()
+        return f"{st.st_size}-{st.st_mtime_ns}"
+    try:
+        return s3_client().head_object(Bucket=loc.bucket, Key=loc.path)["ETag"].strip('"')
     except Exception as exc:
         raise _s3_error("check", str(uri), exc) from None
 

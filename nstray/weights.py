@@ -3,7 +3,7 @@
 A weights reference is either a registry name (``multistyle26``) or a URI:
 
 - ``package://PKG/path/in/package`` — a file shipped inside an installed Python package;
-- ``s3://bucket/key`` — fetched once into the cache dir (``$NSTRAY_CACHE``, default ``~/.cache/nstray``);
+- ``s3://bucket/key`` — fetched once per object version (ETag) into the cache dir (``$NSTRAY_CACHE``, default ``~/.cache/nstray``);
 - ``torchvision://Enum.MEMBER`` (e.g. ``torchvision://VGG19_Weights.IMAGENET1K_V1``) — looked up in
   torch's hub cache; downloaded only when asked (``resolve(..., download=True)``), never implicitly;
 - a local path (``file://`` optional).
@@ -176,7 +176,11 @@ def resolve(ref: str, *, sha256: str | None = None, download: bool = False) -> P
 
     if storage.is_s3(uri):
         loc = storage.parse(uri)
-        key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        try:
+            tag = storage.version_tag(uri)  # the cache follows the object: a retrained checkpoint is fetched anew
+        except storage.StorageError as exc:
+            raise WeightsNotFound(f"weights {label!r}: {exc}") from None
+        key = hashlib.sha256(f"{uri}\n{tag}".encode()).hexdigest()[:16]
         path = cache_dir() / "s3" / key / Path(loc.path).name
         if path.exists():
             try:

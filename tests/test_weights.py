@@ -37,7 +37,9 @@ def test_s3_weights_are_cached(s3_bucket, tmp_path, monkeypatch):
     storage.write_bytes(uri, b"weights-bytes")
     path = weights.resolve(uri)
     assert path.read_bytes() == b"weights-bytes" and str(tmp_path / "cache") in str(path)
-    storage.write_bytes(uri, b"changed")  # served from the cache the second time
-    assert weights.resolve(uri).read_bytes() == b"weights-bytes"
+    path.write_bytes(b"weights-bytes")  # the same object version is served from the cached file
+    assert weights.resolve(uri) == path
+    storage.write_bytes(uri, b"retrained")  # a new version of the object (new ETag) is fetched anew
+    assert weights.resolve(uri).read_bytes() == b"retrained"
     with pytest.raises(weights.WeightsNotFound, match="does not exist"):
         weights.resolve(s3_bucket + "/models/missing.pt")
