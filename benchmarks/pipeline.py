@@ -145,12 +145,12 @@ def bare_loop(annotations: str, images: str, plan_path: str, out: str, variants:
         for v in range(variants):
             res = stylizer(image, labels, cats, variant=v, seed=0, key=rec.image_id)
             storage.write_bytes(storage.join(out, output_key(rec.image_id, v, fmt)), encode_image(res.image, fmt))
-    if device.startswith("cuda"):
+    if stylizer.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     n = len(records) * variants
     return {"outputs": n, "seconds": seconds, "images_per_s": n / seconds, "model_load_s": load_s,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "device": str(stylizer.device)}
 
 
 # ---------------------------------------------------------------- (b) the Ray job
@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: bare loop {bare:.3f} images/s | nstray job {job:.3f} images/s | ratio {job / bare:.2f}x | "
               f"peak RSS bare {section['bare_peak_rss_mb']:.0f} MB, job {section['ray_peak_rss_mb']:.0f} MB "
               f"(driver {section['ray_driver_peak_rss_mb']:.0f} MB)")
-        if name == "gpu":
+        if name == "gpu" and not (section["placement"] or {}).get("gpus_per_actor"):
+            print("gpu: no GPU in this machine's Ray cluster: the GPU section ran on the CPU (numbers are not GPU numbers)")
+        elif name == "gpu":
             print(f"gpu: {section['ray_images_per_s_per_gpu']:.2f} images/s per GPU; utilization "
                   f"bare {section.get('bare_gpu_util_mean', float('nan')):.0f}%, "
                   f"job {section.get('ray_gpu_util_mean', float('nan')):.0f}%")
