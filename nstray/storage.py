@@ -208,10 +208,12 @@ def list_files(prefix: str | os.PathLike) -> Iterator[str]:
         raise _s3_error("list", str(prefix), exc) from None
 
 
-def pyarrow_filesystem(uri: str | os.PathLike):
+def pyarrow_filesystem(uri: str | os.PathLike, *, with_credentials: bool = True):
     """A ``(pyarrow.fs.FileSystem, path)`` pair for reading/writing Parquet at ``uri``.
 
-    For S3 it takes credentials and endpoint from the same environment as boto3.
+    For S3 it takes endpoint and region from the same environment as boto3, and the credentials
+    boto3 finds unless ``with_credentials=False`` (a filesystem shipped to Ray workers must carry no
+    secret: pyarrow then resolves credentials on each worker through the standard AWS chain).
     """
     import pyarrow.fs as pafs
 
@@ -220,7 +222,7 @@ def pyarrow_filesystem(uri: str | os.PathLike):
         return pafs.LocalFileSystem(), os.path.abspath(loc.path)
     import boto3
 
-    creds = boto3.session.Session().get_credentials()
+    creds = boto3.session.Session().get_credentials() if with_credentials else None
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {}
     if creds is not None:

@@ -201,28 +201,9 @@ def _cluster_resources() -> tuple[float, float]:
 
 
 def _reader_filesystem(uri: str):
-    """``(filesystem, path)`` for Ray's Parquet readers, without credentials in it.
-
-    For S3 the filesystem carries only the endpoint and region; each worker finds credentials itself
-    through the standard AWS chain (env, profile, instance role), so no secret travels in task specs
-    and short-lived role credentials are fetched fresh where the read happens.
-    """
-    import os
-
-    import pyarrow.fs as pafs
-
-    if not storage.is_s3(uri):
-        return storage.pyarrow_filesystem(uri)
-    loc = storage.parse(uri)
-    kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs), f"{loc.bucket}/{loc.path}"
+    """``(filesystem, path)`` for Ray's Parquet readers, without credentials in it: each worker finds
+    credentials itself through the standard AWS chain, so no secret travels in task specs."""
+    return storage.pyarrow_filesystem(uri, with_credentials=False)
 
 
 def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_rows: int, opts: StageOptions,
