@@ -67,8 +67,8 @@ class RefStyleLoss(nn.Module):
 class RefNormalization(nn.Module):
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
-        self.mean = mean.clone().detach().view(-1, 1, 1)
-        self.std = std.clone().detach().view(-1, 1, 1)
+        self.register_buffer("mean", mean.clone().detach().view(-1, 1, 1))  # buffers follow .to(device)
+        self.register_buffer("std", std.clone().detach().view(-1, 1, 1))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return (img - self.mean) / self.std

@@ -157,13 +157,14 @@ def bare_loop(annotations: str, images: str, plan_path: str, out: str, variants:
 
 
 def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: int, actors: int, batch_size: int,
-            gpus_per_actor: float, fuse: str, fmt: str, cpus: int | None, cpus_per_actor: float = 1.0) -> dict:
+            gpus_per_actor: float, fuse: str, fmt: str, cpus: int | None, cpus_per_actor: float = 1.0,
+            codec: str = "auto") -> dict:
     import ray
 
-    from nstray.pipeline.job import run_job
-    from nstray.plan import style_names
+    import torch  # noqa: F401 - the driver's heavy import, outside the clock like the bare loop's
 
-    style_names()  # the driver's imports (plan validation imports torch), outside the clock like the bare loop's
+    from nstray.pipeline.job import run_job
+
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 
     @ray.remote(num_cpus=0)
@@ -176,7 +177,7 @@ def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: i
         "input": {"annotations": annotations, "images": images}, "output": out, "variants": variants, "seed": 0,
         "plan": plan_path, "format": {"type": fmt},
         "resources": {"actors": actors, "batch_size": batch_size, "gpus_per_actor": gpus_per_actor,
-                      "cpus_per_actor": cpus_per_actor,
+                      "cpus_per_actor": cpus_per_actor, "jpeg_codec": codec,
                       "fuse_stages": fuse if fuse == "auto" else fuse == "true"},
         "contact_sheet": 0,
     }
@@ -189,8 +190,10 @@ def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: i
     if first and n > 0 and seconds - (first[0] - t0) > 0:
         # outputs after the first batch arrived / time since: the rate once actors are up
         steady = (n - batch_size * variants) / max(seconds - (first[0] - t0), 1e-9)
+    report = summary.report or {}
     return {"outputs": n, "failed": summary.failed, "seconds": seconds, "images_per_s": n / seconds,
-            "steady_images_per_s": steady, "pipeline_seconds": summary.pipeline_seconds, "placement": summary.placement}
+            "steady_images_per_s": steady, "pipeline_seconds": summary.pipeline_seconds, "placement": summary.placement,
+            "codec": codec, "stages": report.get("stages"), "devices": (report.get("actors") or {}).get("devices")}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -199,16 +202,17 @@ def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: i
 def _child(args: argparse.Namespace) -> None:
     """Run one measurement in this process and print its JSON (last line)."""
     out = args.work / f"out-{args.only}-{os.getpid()}"
-    gpu = args.only.endswith("gpu")
+    gpu = "gpu" in args.only
     with Sampler(gpu=gpu) as s:
         if args.only.startswith("bare"):
             res = bare_loop(args.annotations, args.images_dir, args.plan, str(out), args.variants,
                             "cuda" if gpu else "cpu", args.format, args.bare_threads)
         else:
             gpus = 1 if gpu else 0
+            codec = "cpu" if args.only.endswith("cpucodec") else args.codec
             res = ray_job(args.annotations, args.images_dir, args.plan, str(out), args.variants,
                           args.gpu_actors if gpu else args.actors, args.batch_size, gpus, args.fuse, args.format,
-                          args.cpus, args.cpus_per_actor)
+                          args.cpus, args.cpus_per_actor, codec)
     res.update(peak_rss_mb=s.peak_rss / 2**20, peak_driver_rss_mb=s.peak_driver_rss / 2**20)
     if gpu and s.gpu_util:
         res.update(gpu_util_mean=statistics.mean(s.gpu_util), gpu_util_max=max(s.gpu_util), gpu_mem_peak_mb=s.gpu_mem_peak)
@@ -220,7 +224,8 @@ def _measure(args: argparse.Namespace, which: str) -> dict:
     cmd = [sys.executable, __file__, "--only", which, "--work", str(args.work), "--annotations", args.annotations,
            "--images-dir", args.images_dir, "--plan", args.plan, "--variants", str(args.variants),
            "--actors", str(args.actors), "--gpu-actors", str(args.gpu_actors), "--batch-size", str(args.batch_size),
-           "--fuse", args.fuse, "--format", args.format, "--cpus-per-actor", str(args.cpus_per_actor)]
+           "--fuse", args.fuse, "--format", args.format, "--cpus-per-actor", str(args.cpus_per_actor),
+           "--codec", args.codec]
     cmd += (["--cpus", str(args.cpus)] if args.cpus else []) + (
         ["--bare-threads", str(args.bare_threads)] if args.bare_threads else [])
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -249,10 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--gpu", action="store_true", help="also measure on the GPU (bare loop on cuda; 1 GPU per actor)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
+    p.add_argument("--codec", choices=["auto", "device", "cpu"], default="auto",
+                   help="resources.jpeg_codec of the job (auto: nvjpeg on GPU actors)")
+    p.add_argument("--codec-compare", action="store_true",
+                   help="GPU section: also run the job with JPEG decode/encode on CPU tasks (jpeg_codec: cpu)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     # internal: one measurement in a child process
-    p.add_argument("--only", choices=["bare", "ray", "bare-gpu", "ray-gpu"], help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=["bare", "ray", "bare-gpu", "ray-gpu", "ray-gpu-cpucodec"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--annotations", help=argparse.SUPPRESS)
     p.add_argument("--images-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -272,9 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"images": args.images, "size": f"{args.width}x{args.height}", "variants": args.variants,
                               "plan": args.plan, "cpus": os.cpu_count(), "sections": {}}
     for name, bare_kind, ray_kind in sections:
-        runs: dict[str, list[dict]] = {"bare": [], "ray": []}
+        kinds = [("bare", bare_kind), ("ray", ray_kind)]
+        if name == "gpu" and args.codec_compare:
+            kinds.append(("ray_cpucodec", "ray-gpu-cpucodec"))
+        runs: dict[str, list[dict]] = {label: [] for label, _ in kinds}
         for i in range(args.repeat):
-            for label, kind in (("bare", bare_kind), ("ray", ray_kind)):
+            for label, kind in kinds:
                 res = _measure(args, kind)
                 runs[label].append(res)
                 print(f"[{name} {i + 1}/{args.repeat}] {label}: {res['outputs']} outputs in {res['seconds']:.1f} s = "
@@ -292,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "gpu":
             n_gpus = args.gpu_actors
             section["ray_images_per_s_per_gpu"] = job / n_gpus
-            for label in ("bare", "ray"):
+            if runs.get("ray_cpucodec"):
+                cpu_codec = statistics.median(r["images_per_s"] for r in runs["ray_cpucodec"])
+                section["ray_cpucodec_images_per_s"] = cpu_codec
+                section["nvjpeg_speedup"] = job / cpu_codec
+                print(f"gpu: job with nvjpeg (jpeg_codec {args.codec}) {job:.2f} images/s vs JPEG on CPU tasks "
+                      f"{cpu_codec:.2f} images/s: {job / cpu_codec:.2f}x")
+            for label in runs:
                 utils = [r["gpu_util_mean"] for r in runs[label] if "gpu_util_mean" in r]
                 if utils:
                     section[f"{label}_gpu_util_mean"] = statistics.mean(utils)

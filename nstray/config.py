@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from nstray import storage
 from nstray.data.images import DEFAULT_MAX_PIXELS
@@ -63,7 +64,8 @@ class InputConfig(_Model):
 class ResourcesConfig(_Model):
     """How the stylize stage is spread over the cluster.
 
-    ``actors``: size of the stylizer actor pool (each loads the models once).
+    ``actors``: size of the stylizer actor pool (each loads the models once); ``auto``: one actor per
+    GPU the cluster has (``gpus_per_actor`` each), or as many CPU actors as the CPUs hold.
     ``gpus_per_actor``: GPUs each actor reserves; 0 = CPU. When the cluster has no GPU at all and
     ``cpu_fallback`` is on, the job runs on CPU instead of waiting for a GPU that never comes.
     ``cpus_per_actor``: CPUs each actor reserves (also its torch thread count).
@@ -72,14 +74,31 @@ class ResourcesConfig(_Model):
     separate CPU tasks. ``auto`` fuses on CPU-only jobs (no object-store round trips for pixels,
     which is faster when the same cores do everything) and keeps stages apart on GPUs (CPU tasks
     keep the GPUs fed).
+    ``jpeg_codec``: where JPEG inputs are decoded and JPEG outputs encoded. ``device``: by the stylizer
+    on its own device (nvjpeg on a GPU, so CPU tasks only move compressed bytes); ``cpu``: by the CPU
+    stages (PIL); ``auto``: ``device`` when the actors run on GPUs.
     """
 
-    actors: int = Field(1, ge=1)
+    actors: int | Literal["auto"] = 1
     gpus_per_actor: float = Field(0.0, ge=0)
     cpus_per_actor: float = Field(1.0, gt=0)
     batch_size: int = Field(4, ge=1, le=4096)
     fuse_stages: Literal["auto"] | bool = "auto"
     cpu_fallback: bool = True
+    jpeg_codec: Literal["auto", "device", "cpu"] = "auto"
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _actors(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise PydanticCustomError("actors", "must be ≥ 1 or 'auto'")
+        return v
+
+    def device_codec(self, gpus: float) -> bool:
+        """Whether the stylizer decodes/encodes JPEGs itself, for actors that reserve ``gpus`` each."""
+        return self.jpeg_codec == "device" or (self.jpeg_codec == "auto" and gpus > 0)
 
     def fused(self, gpus: float | None = None) -> bool:
         """Whether stages run fused inside the actors, for a job that reserves ``gpus`` per actor."""

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nstray import storage
+from nstray.models.builtin_styles import STYLE_NAMES
 
 __all__ = [
     "PlanError",
@@ -64,9 +65,7 @@ class PlanError(ValueError):
 
 
 def style_names() -> list[str]:
-    """Names of the builtin multi-style network's styles (index = position)."""
-    from nstray.models.multistyle import STYLE_NAMES  # lazy: the model module imports torch
-
+    """Names of the builtin multi-style network's styles (index = position); torch-free."""
     return list(STYLE_NAMES)
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "read_bytes",
     "write_bytes",
     "exists",
+    "delete",
+    "remove_partials",
     "version_tag",
     "list_files",
     "s3_client",
@@ -81,13 +83,19 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return str(Path(parse(text).path, *parts))
 
 
+def _max_attempts() -> int:
+    """Attempts per S3 call (``NSTRAY_S3_MAX_ATTEMPTS``, default 10: with exponential backoff and jitter
+    capped at 20 s, about a minute of throttling or outage is ridden out before a record fails)."""
+    return int(os.environ.get("NSTRAY_S3_MAX_ATTEMPTS", "10"))
+
+
 @functools.lru_cache(maxsize=None)
-def _client(pid: int):  # noqa: ARG001 - one client per process (boto3 clients are not fork-safe)
+def _client(pid: int, max_attempts: int):  # noqa: ARG001 - one client per process (boto3 clients are not fork-safe)
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": int(os.environ.get("NSTRAY_S3_MAX_ATTEMPTS", "10")), "mode": "adaptive"},
+        retries={"max_attempts": max_attempts, "mode": "adaptive"},
         connect_timeout=float(os.environ.get("NSTRAY_S3_CONNECT_TIMEOUT", "5")),
         read_timeout=float(os.environ.get("NSTRAY_S3_READ_TIMEOUT", "60")),
     )
@@ -96,7 +104,7 @@ def _client(pid: int):  # noqa: ARG001 - one client per process (boto3 clients a
 
 def s3_client():
     """A boto3 S3 client (cached per process) with bounded adaptive retries (throttling, 503, connection errors)."""
-    return _client(os.getpid())
+    return _client(os.getpid(), _max_attempts())
 
 
 def _s3_error(action: str, uri: str, exc: Exception) -> StorageError:
@@ -157,6 +165,31 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
         s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data)
     except Exception as exc:
         raise _s3_error("write", str(uri), exc) from None
+
+
+def delete(uri: str | os.PathLike) -> None:
+    """Remove a file or object (no error when it is already gone)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        Path(loc.path).unlink(missing_ok=True)
+        return
+    try:
+        s3_client().delete_object(Bucket=loc.bucket, Key=loc.path)
+    except Exception as exc:
+        raise _s3_error("delete", str(uri), exc) from None
+
+
+def remove_partials(folder: str | os.PathLike) -> int:
+    """Remove the temporary ``.*.partial`` files that writers killed mid-write leave in a local folder
+    (S3 puts are atomic and leave none); returns how many. Call only when no writer is running."""
+    loc = parse(folder)
+    if loc.scheme != "file" or not Path(loc.path).is_dir():
+        return 0
+    n = 0
+    for p in Path(loc.path).rglob(".*.partial"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def exists(uri: str | os.PathLike) -> bool:
@@ -234,4 +267,6 @@ def pyarrow_filesystem(uri: str | os.PathLike, *, with_credentials: bool = True)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
+    # the same bound as boto3's (throttling, 5xx and connection errors are retried with backoff)
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts())
     return pafs.S3FileSystem(**kwargs), f"{loc.bucket}/{loc.path}"

@@ -146,6 +146,27 @@ def test_place_fits_the_pool_to_the_cluster():
     assert p.gpus_per_actor == 1  # waits for GPU nodes (autoscaler) instead
 
 
+def test_auto_actors_follow_the_cluster():
+    gpu = ResourcesConfig(actors="auto", gpus_per_actor=1)
+    assert (place(gpu, cluster_cpus=64, cluster_gpus=8).actors, place(gpu, 64, 8).min_actors) == (8, 8)
+    assert place(ResourcesConfig(actors="auto", gpus_per_actor=0.5), 64, 3).actors == 6  # two per GPU
+    assert place(ResourcesConfig(actors="auto", cpus_per_actor=2), 9, 0).actors == 4  # one CPU stays free
+    fallback = place(gpu, cluster_cpus=4, cluster_gpus=0)  # no GPU: as many CPU actors as the CPUs hold
+    assert (fallback.actors, fallback.gpus_per_actor) == (3, 0)
+
+
+def test_stage_env_tunes_cpu_actors_and_forwards_storage_settings_but_no_secret(monkeypatch):
+    from nstray.pipeline.job import stage_env
+
+    monkeypatch.setenv("NSTRAY_S3_MAX_ATTEMPTS", "7")
+    cpu = stage_env(place(ResourcesConfig(actors=2), 8, 0))
+    assert cpu["NSTRAY_S3_MAX_ATTEMPTS"] == "7" and cpu["MALLOC_MMAP_MAX_"] == "0"
+    assert cpu["OMP_WAIT_POLICY"] == "PASSIVE"
+    gpu = stage_env(place(ResourcesConfig(actors=2, gpus_per_actor=1), 8, 2))
+    assert gpu["NSTRAY_S3_MAX_ATTEMPTS"] == "7" and "MALLOC_MMAP_MAX_" not in gpu
+    assert not [k for k in {**cpu, **gpu} if "SECRET" in k or "KEY_ID" in k or "TOKEN" in k]
+
+
 # ---------------------------------------------------------------- resume + outputs (pure / local files)
 
 
@@ -215,6 +236,37 @@ def test_manifest_parts_latest_row_wins_and_repeated_failures_are_not_rewritten(
     latest = {(r["image_id"], r["variant"]): r for r in outputs.read_manifest(out).to_pylist()}
     assert latest[(1, 1)]["status"] == "done" and latest[(1, 1)]["run_id"] == "20250102T000000-bbbbbb"
     assert len(latest) == 3
+
+
+def test_many_manifest_parts_compact_into_one_that_reads_the_same(tmp_path: Path):
+    out = str(tmp_path / "out")
+    for run in range(20):  # 20 runs, each redoing output (1, 0) and adding one of its own
+        w = outputs.ManifestWriter(out, f"202501{run + 1:02d}T000000-{run:06x}")
+        w.add([_row(1, 0, "failed" if run % 2 else "done", "bad" if run % 2 else ""), _row(100 + run, 0)])
+        w.flush()
+    before = outputs.read_manifest(out).to_pylist()
+    assert outputs.compact_manifest(out, "20250201T000000-ffffff", max_parts=30) is None  # below the bound
+    merged = outputs.compact_manifest(out, "20250201T000000-ffffff", max_parts=16)
+    assert merged and [p.name for p in (tmp_path / "out" / "manifest").iterdir()] == [Path(merged).name]
+    after = outputs.read_manifest(out).to_pylist()
+    assert after == before and len(after) == 21
+    assert {r["status"] for r in after if r["image_id"] == 1} == {"failed"}  # run 20's row (odd run) still wins
+    # a later run's part sorts after the merged one, so its rows override
+    w = outputs.ManifestWriter(out, "20250301T000000-000000")
+    w.add([_row(1, 0)])
+    w.flush()
+    assert {r["status"] for r in outputs.read_manifest(out).to_pylist() if r["image_id"] == 1} == {"done"}
+
+
+def test_partials_of_killed_writers_are_removed_and_final_files_kept(tmp_path: Path):
+    from nstray import storage
+
+    (tmp_path / "images" / "3").mkdir(parents=True)
+    (tmp_path / "images" / "3" / ".0.png.0123456789ab.partial").write_bytes(b"half")
+    storage.write_bytes(str(tmp_path / "images" / "3" / "1.png"), b"whole")
+    assert storage.remove_partials(str(tmp_path)) == 1
+    assert [p.name for p in (tmp_path / "images" / "3").iterdir()] == ["1.png"]
+    assert storage.remove_partials("s3://bucket/prefix") == 0  # S3 puts leave no partials
 
 
 # ---------------------------------------------------------------- how `nstray submit` ships the config

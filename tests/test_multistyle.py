@@ -218,6 +218,17 @@ def test_bad_inputs_are_rejected_with_the_expected_shape(model):
         model(torch.rand(1, 4, 32, 32), torch.ones(1, NUM_STYLES))
 
 
+def test_torch_free_style_names_match_the_onnx_file():
+    """The names plan validation uses (torch-free) are the model's: one per style row of the shipped graph."""
+    from nstray.models import builtin_styles
+    from nstray.models.onnx_weights import read_onnx_weights
+    from nstray.plan import style_names
+
+    assert ms.STYLE_NAMES is builtin_styles.STYLE_NAMES and ms.NUM_STYLES == builtin_styles.NUM_STYLES
+    assert read_onnx_weights(resolve("multistyle26"))["contract.0.norm.gamma"].shape[0] == NUM_STYLES
+    assert style_names() == list(STYLE_NAMES)
+
+
 def test_builder_and_names(tmp_path):
     assert len(STYLE_NAMES) == NUM_STYLES == 26 and len(set(STYLE_NAMES)) == 26
     net = multistyle26(resolve("multistyle26"))

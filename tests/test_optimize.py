@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from nstray.models.vgg import vgg_encoder
+from nstray.plots import render_loss_plot
 from nstray.stylize.losses import gram_matrix
 from nstray.stylize.optimize import (
     FrameRecorder,
     encode_animation,
     level_sizes,
     optimize,
-    render_loss_plot,
     to_uint8,
 )
 

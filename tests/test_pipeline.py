@@ -107,7 +107,29 @@ def test_every_good_record_is_styled_by_parts(first_run, dataset):
             assert styled_mask.any() and np.abs(arr[styled_mask].astype(int) - source[styled_mask]).mean() > 5
     assert sorted(int(p.name) for p in (out / "images").iterdir()) == GOOD
     assert sorted(p.name for p in out.iterdir()) == ["_index", "_state.json", "annotations.json", "contact_sheet.png",
-                                                     "errors.parquet", "images", "manifest"]
+                                                     "errors.parquet", "images", "job_report.json", "manifest"]
+
+
+def test_job_report_says_where_time_went(first_run):
+    summary, out, _, _ = first_run
+    report = json.loads((out / "job_report.json").read_text())
+    assert report == json.loads(json.dumps(summary.report, default=str))
+    assert report["outputs"] == {"this_run": 7 * VARIANTS, "done": len(GOOD) * VARIANTS, "failed": 4 * VARIANTS,
+                                 "skipped": 0}
+    assert report["images_per_s"] > 0 and report["pipeline_seconds"] > 0
+    stages = report["stages"]
+    assert stages["prepare"]["items"] == 7  # once per image, not per variant
+    assert stages["stylize"]["items"] == len(GOOD) * VARIANTS and stages["stylize"]["busy_seconds"] > 0
+    assert abs(sum(v["share"] for v in stages.values()) - 1) < 1e-3
+    errors = report["errors"]
+    assert errors["by_stage"] == {"decode": 3 * VARIANTS, "read": VARIANTS} and errors["bad_records"] == 1
+    assert sum(errors["by_reason"].values()) == 4 * VARIANTS + 1  # the COCO problem of record 5 counts too
+    assert any(r.startswith("coco: ") for r in errors["by_reason"])
+    actors = report["actors"]
+    assert actors["restarts"] == 0 and actors["devices"] == {"cpu": 2}
+    assert sum(w["outputs"] for w in actors["workers"]) == 7 * VARIANTS
+    assert all(w["node"] and w["actor"] and w["restarted"] is False for w in actors["workers"])
+    assert report["ray_data_stats"]
 
 
 def test_errors_parquet_lists_exactly_the_bad_records(first_run):

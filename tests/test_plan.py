@@ -155,6 +155,15 @@ def test_choose_is_deterministic_stable_and_samples_every_choice():
     assert out.stdout.strip().split(",") == draws
 
 
+def test_validation_does_not_import_torch():
+    """Loading a plan (builtin style names and indices included) stays torch-free: the job driver pays no torch import."""
+    code = ("import sys,yaml; from nstray.plan import load_plan, style_names; p=load_plan(yaml.safe_load(sys.stdin.read()));"
+            "p.styles['mix'].vector(); assert len(style_names()) == 26; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=PLAN_YAML, capture_output=True, text=True, check=True,
+                         env={"PATH": ""}, cwd=REPO)
+    assert out.stdout.strip() == "False"
+
+
 def test_default_applies_to_unlisted_categories_not_background():
     plan = load_plan({"styles": {"a": {"kind": "multistyle", "index": 1}}, "default": {"style": "a", "strength": 0.5}})
     assert plan.choose("mirror") == "a" and plan.spec_for("mirror").strength == 0.5

@@ -19,9 +19,10 @@ from nstray import storage
 from nstray.models.multistyle import multistyle26
 from nstray.models.vgg import vgg_encoder
 from nstray.plan import load_plan
+from nstray.plots import render_loss_plot
 from nstray.stylize.feedforward import CINStyleNet, FeedforwardError, append_style, load_feedforward, read_checkpoint
 from nstray.stylize.parts import PartStylizer, StylizeError
-from nstray.train.curves import history_csv, render_loss_curves
+from nstray.train.curves import history_csv
 from nstray.train.data import ContentImages, TrainDataError, list_content_images, sample_positions
 from nstray.train.ray_trainer import TrainConfig, TrainConfigError, TrainingError, latest_checkpoint, train_style
 from nstray.train.style_training import NewStyleCIN, PerceptualLoss, fit_crop, train_step
@@ -207,7 +208,7 @@ def test_loss_curves():
     history = [{"step": i + 1, "content": 1.0 / (i + 1), "style": 2.0, "tv": 0.0, "total": 2 + 1.0 / (i + 1)} for i in range(5)]
     csv = history_csv(history).splitlines()
     assert csv[0] == "step,content,style,tv,total" and csv[1] == "1,1.0,2.0,0.0,3.0" and len(csv) == 6
-    assert render_loss_curves(history).startswith(b"\x89PNG")
+    assert render_loss_plot(history).startswith(b"\x89PNG")
 
 
 def test_config_errors_name_every_field():

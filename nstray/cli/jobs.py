@@ -83,6 +83,9 @@ def format_summary(s: JobSummary) -> str:
         f"COCO:          {p.get('annotations')}",
         f"contact sheet: {p.get('contact_sheet')}",
     ]
+    lines += s.stage_lines()
+    if p.get("report"):
+        lines.append(f"job report:    {p['report']}")
     if s.written:
         lines.append(f"wrote {len(s.written)} file(s) besides the images this run")
     else:

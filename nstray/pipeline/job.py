@@ -13,6 +13,7 @@ With ``fuse_stages`` (the default on CPU-only jobs) prepare and encode + write r
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from typing import Any
 from nstray import storage
 from nstray.config import JobConfig, ResourcesConfig, load_config
 from nstray.pipeline import outputs
+from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
 
 __all__ = ["Placement", "place", "Work", "plan_work", "ensure_index", "JobSummary", "run_job", "INDEX_DIR"]
@@ -65,7 +67,16 @@ def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) 
                      "(set resources.cpu_fallback: false to wait for GPU nodes instead)")
         gpus = 0.0
     fused = resources.fused(gpus)
-    actors = min_actors = resources.actors
+    actors = resources.actors
+    if actors == "auto":
+        if gpus > 0:
+            actors = max(1, int(cluster_gpus // gpus))
+            notes.append(f"actors: auto: {actors} actor(s), one per {gpus:g} GPU of the cluster's {cluster_gpus:g}")
+        else:
+            spare = max(cluster_cpus - (1.0 if cluster_cpus >= 2 else cluster_cpus / 2), 0.0)
+            actors = max(1, int(spare // resources.cpus_per_actor))
+            notes.append(f"actors: auto: {actors} CPU actor(s) × {resources.cpus_per_actor:g} CPU")
+    min_actors = actors
     if gpus > 0 and 0 < cluster_gpus < actors * gpus:
         min_actors = max(1, int(cluster_gpus // gpus))
         notes.append(f"the cluster has {cluster_gpus:g} GPU(s) for {actors} actors × {gpus:g}: starting {min_actors} "
@@ -132,8 +143,6 @@ def ensure_index(output: str, records: Sequence[Any], rows_per_shard: int) -> li
     ``_SUCCESS.json`` (written last) lists the shards, so a half-written index is never used. Indexes
     of other datasets (stale) are removed once the new one is complete.
     """
-    import json
-
     from nstray.data.shards import write_index
 
     rows = [r.to_row() for r in records]
@@ -152,8 +161,7 @@ def ensure_index(output: str, records: Sequence[Any], rows_per_shard: int) -> li
     stale = [f for f in storage.list_files(root) if not f.startswith(folder.rstrip("/") + "/")]
     for f in stale:
         try:
-            fs, path = storage.pyarrow_filesystem(f)
-            fs.delete_file(path)
+            storage.delete(f)
         except Exception as exc:  # noqa: BLE001 - leftovers are harmless
             log.warning("could not remove stale index file %s (%s)", f, exc)
     return shards
@@ -181,6 +189,11 @@ class JobSummary:
     written: list[str] = field(default_factory=list)
     placement: dict | None = None
     paths: dict[str, str] = field(default_factory=dict)
+    report: dict | None = None  # job_report.json of this run (None when there was nothing to do)
+
+    def stage_lines(self) -> list[str]:
+        """Where the time went (busy seconds per stage, actors, failures by reason), for the closing summary."""
+        return stage_lines(self.report) if self.report else []
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,6 +219,25 @@ def _reader_filesystem(uri: str):
     return storage.pyarrow_filesystem(uri, with_credentials=False)
 
 
+# CPU actors: glibc keeps freed memory for reuse (torch's CPU allocator has no cache, so every big
+# intermediate is otherwise a fresh mmap + page faults) and idle OpenMP threads sleep instead of
+# spinning against the other actors' threads. Measured 1.2–1.4× by benchmarks/feedforward.py.
+_CPU_ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}
+# the driver's storage settings reach every worker (never credentials: workers find those themselves)
+_FORWARDED_ENV = ("NSTRAY_S3_MAX_ATTEMPTS", "NSTRAY_S3_CONNECT_TIMEOUT", "NSTRAY_S3_READ_TIMEOUT", "AWS_ENDPOINT_URL",
+                  "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def stage_env(placement: Placement) -> dict[str, str]:
+    """Environment variables of the job's Ray tasks and actors (their ``runtime_env``)."""
+    import os
+
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+    if placement.gpus_per_actor == 0:
+        env.update({k: os.environ.get(k, v) for k, v in _CPU_ACTOR_ENV.items()})
+    return env
+
+
 def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_rows: int, opts: StageOptions,
                    placement: Placement):
     """The lazy Ray Data pipeline (nothing runs until it is iterated)."""
@@ -220,8 +252,10 @@ def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_ro
     if len(work.pending) < n_index_rows:
         ds = ds.filter(expr=col("image_id").is_in(sorted(work.pending)))
     ds = ds.repartition(target_num_rows_per_block=b)  # small blocks: every actor gets work
+    env = stage_env(placement)
+    remote: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     if not placement.fused:
-        ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1)
+        ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1, **remote)
     if placement.min_actors == placement.actors:
         pool = ray.data.ActorPoolStrategy(size=placement.actors)
     else:
@@ -234,9 +268,10 @@ def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_ro
         num_gpus=placement.gpus_per_actor or None,
         num_cpus=placement.cpus_per_actor,
         batch_size=b,
+        **remote,  # restarts: Ray Data's actor pools restart dead actors and retry their batches by default
     )
     if not placement.fused:
-        ds = ds.map_batches(encode_write_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1)
+        ds = ds.map_batches(encode_write_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1, **remote)
     return ds
 
 
@@ -280,7 +315,11 @@ def run_job(
     summary.skipped = work.skipped
 
     writer = outputs.ManifestWriter(out, run_id, previous={k: (r["status"], r["stage"], r["error"])
-                                                          for k, r in latest.items()}, keep=_KEPT)
+                                                          for k, r in latest.items()}, keep=_KEPT,
+                                    flush_seconds=_flush_seconds())
+    stats = RunStats()
+    ray_stats: str | None = None
+    restarts: int | None = None
     if work.pending:
         import ray
         import ray.data
@@ -301,20 +340,26 @@ def run_job(
             output=out, ext=cfg.format.ext, quality=cfg.format.quality, max_pixels=cfg.limits.max_pixels,
             overlaps=plan.overlaps if isinstance(plan.overlaps, str) else tuple(plan.overlaps),
             seed=cfg.seed, fingerprint=fingerprint, variants=work.default, exceptions=work.exceptions,
+            device_codec=cfg.resources.device_codec(placement.gpus_per_actor),
         )
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
         ds = _build_dataset(cfg, shards, work, len(records), opts, placement)
         t0 = time.perf_counter()
+        since_ms = int(time.time() * 1000)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer.add(batch.to_pylist())
+                rows = batch.to_pylist()
+                writer.add(rows)
+                stats.add(rows)
                 if on_progress:
                     on_progress(writer.done, writer.failed, work.outputs)
         finally:
             writer.flush()  # whatever finished is recorded, even when interrupted
         summary.pipeline_seconds = time.perf_counter() - t0
         summary.written += writer.parts
+        ray_stats = _ray_data_stats(ds)
+        restarts = _actor_restarts(since_ms)
     summary.done, summary.failed = writer.done, writer.failed
     if summary.pipeline_seconds > 0:
         summary.images_per_s = summary.done / summary.pipeline_seconds
@@ -323,16 +368,63 @@ def run_job(
         latest[(int(row["image_id"]), int(row["variant"]))] = row
     _finalize(cfg, coco, records, by_id, record_errors, latest, writer, fingerprint, summary)
     summary.seconds = time.perf_counter() - t_start
+    if work.pending:  # a run with nothing to do writes nothing, not even a report
+        summary.report = stats.report(run_id=run_id, output=out, pipeline_seconds=summary.pipeline_seconds,
+                                      seconds=summary.seconds, skipped=summary.skipped, bad_records=record_errors,
+                                      placement=summary.placement, actor_restarts=restarts, ray_stats=ray_stats)
+        uri = storage.join(out, REPORT_FILE)
+        storage.write_bytes(uri, json.dumps(summary.report, indent=1, default=str).encode())
+        summary.paths["report"] = uri
+        summary.written.append(uri)
     return summary
+
+
+def _flush_seconds() -> float:
+    """How often the driver records finished outputs (a killed driver loses at most this much of the
+    manifest; those outputs are then redone by the rerun, under the same keys)."""
+    import os
+
+    return float(os.environ.get("NSTRAY_MANIFEST_FLUSH_SECONDS", "10"))
+
+
+def _ray_data_stats(ds: Any) -> str | None:
+    """Ray Data's own per-operator timing of the run, as text (None if Ray cannot give it)."""
+    try:
+        return str(ds.stats())[:20000]
+    except Exception:  # noqa: BLE001 - reporting must never fail the job
+        return None
+
+
+def _actor_restarts(since_ms: int) -> int | None:
+    """Restarts of this job's Ray Data actors started since ``since_ms``, as the Ray GCS counts them.
+
+    Uses Ray's internal actor table (the public state API needs the dashboard, which a cluster may not
+    run); None when it is not available.
+    """
+    try:
+        import ray
+        from ray._private.state import state
+
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        table = state.actor_table(None, job_id=job)
+        return sum(int(a.get("NumRestarts", 0)) for a in table.values()
+                   if "MapWorker" in str(a.get("ActorClassName", "")) and int(a.get("StartTime", 0)) >= since_ms)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, record_errors: Sequence[Any],
               latest: dict[tuple[int, int], dict], writer: outputs.ManifestWriter, fingerprint: str,
               summary: JobSummary) -> None:
     """errors.parquet, annotations.json, contact_sheet.png: each rewritten only when what it shows changed."""
-    import json
 
     out = cfg.output
+    removed = storage.remove_partials(out)  # left by writers killed mid-write (actors, an earlier driver)
+    if removed:
+        log.info("removed %d unfinished temporary file(s) under %s", removed, out)
+    merged = outputs.compact_manifest(out, summary.run_id)
+    if merged:
+        summary.written.append(merged)
     state = outputs.read_state(out)
     new_state = dict(state)
     paths = {

@@ -40,6 +40,7 @@ __all__ = [
     "new_run_id",
     "read_manifest",
     "ManifestWriter",
+    "compact_manifest",
     "error_rows",
     "write_errors",
     "build_coco",
@@ -71,6 +72,7 @@ def manifest_schema():
         ("height", pa.int64()),
         ("styles", pa.string()),  # JSON {category: style name}
         ("models", pa.string()),  # JSON [{name, uri, sha256}]
+        ("worker", pa.string()),  # JSON {node, actor, pid, device, cuda_visible_devices, restarted} (stages.worker_info)
         ("seed", pa.int64()),
         ("fingerprint", pa.string()),  # hash of plan + seed + format (JobConfig.fingerprint)
         ("status", pa.string()),  # done | failed
@@ -141,6 +143,9 @@ def read_manifest(output: str):
             continue
         try:
             t = _read_parquet(uri)
+            for name in schema.names:  # parts written before a column existed
+                if name not in t.column_names:
+                    t = t.append_column(name, pa.nulls(len(t), schema.field(name).type))
             tables.append(t.select(schema.names).cast(schema))
         except Exception as exc:  # noqa: BLE001 - a damaged part only means redoing its outputs
             log.warning("skipping unreadable manifest part %s (%s); its outputs will be redone", uri, exc)
@@ -152,6 +157,26 @@ def read_manifest(output: str):
     keep = pc.sort_indices(last["_row_max"])
     rows = pc.take(last["_row_max"], keep)
     return table.take(rows).drop_columns(["_row"])
+
+
+def compact_manifest(output: str, run_id: str, max_parts: int = 16) -> str | None:
+    """Merge the manifest into one part when it has more than ``max_parts`` part files; returns the new part.
+
+    The merged part holds the latest row per output and is named to sort after every part it replaces,
+    so a crash between writing it and deleting the old parts leaves a manifest that reads the same.
+    """
+    import pyarrow.parquet  # noqa: F401 - fail here, not half-way, if pyarrow is missing
+
+    folder = storage.join(output, MANIFEST_DIR)
+    parts = sorted(u for u in storage.list_files(folder) if u.endswith(".parquet"))
+    if len(parts) <= max_parts:
+        return None
+    merged = storage.join(folder, f"part-{run_id}-zz-compacted.parquet")
+    storage.write_bytes(merged, _parquet_bytes(read_manifest(output)))
+    for uri in parts:
+        if uri != merged:
+            storage.delete(uri)
+    return merged
 
 
 @dataclass

@@ -33,6 +33,7 @@ __all__ = [
     "stylize_rows",
     "encode_write_batch",
     "model_ids",
+    "worker_info",
     "Stylizer",
 ]
 
@@ -62,6 +63,7 @@ class StageOptions:
     fingerprint: str = ""
     variants: tuple[int, ...] = (0,)
     exceptions: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    device_codec: bool = False  # JPEGs are decoded/encoded by the stylizer on its device (nvjpeg on a GPU)
 
     def pending(self, image_id: int) -> tuple[int, ...]:
         """The variants still to make for ``image_id``."""
@@ -127,8 +129,25 @@ def _labels_dtype(num_parts: int) -> np.dtype:
 
 # ---------------------------------------------------------------- stage 1: read + decode + masks
 
-PREPARED_COLUMNS = ("image_id", "file_name", "uri", "height", "width", "pixels", "labels", "labels_dtype",
-                    "categories", "stage", "error", "prepare_s")
+PREPARED_COLUMNS = ("image_id", "file_name", "uri", "height", "width", "pixels", "encoding", "labels",
+                    "labels_dtype", "categories", "stage", "error", "prepare_s")
+
+
+def _keep_jpeg(data: bytes, rec: Any, max_pixels: int) -> bool:
+    """Whether a file goes to the stylizer still compressed (``opts.device_codec``): a JPEG whose header
+    is sound, within the pixel limit, of its declared size and RGB/grayscale. Anything else is decoded
+    here, so its errors read exactly as on the CPU path."""
+    from nstray.data.images import probe_image
+    from nstray.data.jpeg import is_jpeg
+
+    if not is_jpeg(data):
+        return False
+    try:
+        info = probe_image(data, rec.file_name)
+    except Exception:  # noqa: BLE001 - the CPU decoder reports it properly
+        return False
+    return (info.width * info.height <= max_pixels and (info.width, info.height) == (rec.width, rec.height)
+            and info.mode in ("RGB", "L"))
 
 
 def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
@@ -146,6 +165,7 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         rec = ImageRecord.from_row(row)
         stage, error = "", ""
         pixels = labels = b""
+        encoding = "raw"
         ldtype = "int8"
         h, w = rec.height, rec.width
         categories: list[str] = [p.category for p in rec.parts]
@@ -153,14 +173,18 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
             stage = "read"
             data = storage.read_bytes(rec.uri)
             stage = "decode"
-            image = decode_image(data, name=rec.file_name, max_pixels=opts.max_pixels)
-            if image.shape[:2] != (rec.height, rec.width):
-                raise ValueError(f"declared size {rec.width}x{rec.height} differs from the file's "
-                                 f"{image.shape[1]}x{image.shape[0]}; fix: correct width/height in the images entry")
+            if opts.device_codec and _keep_jpeg(data, rec, opts.max_pixels):
+                pixels, encoding = data, "jpeg"
+            else:
+                image = decode_image(data, name=rec.file_name, max_pixels=opts.max_pixels)
+                if image.shape[:2] != (rec.height, rec.width):
+                    raise ValueError(f"declared size {rec.width}x{rec.height} differs from the file's "
+                                     f"{image.shape[1]}x{image.shape[0]}; fix: correct width/height in the images entry")
+                pixels = image.tobytes()
             stage = "masks"
             lm = masks.label_map(rec.parts, rec.height, rec.width, order)
             dt = _labels_dtype(len(rec.parts))
-            pixels, labels, ldtype = image.tobytes(), lm.astype(dt).tobytes(), dt.name
+            labels, ldtype = lm.astype(dt).tobytes(), dt.name
             stage = ""
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
             error = _reason(exc)
@@ -170,6 +194,7 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         cols["height"].append(h)
         cols["width"].append(w)
         cols["pixels"].append(pixels)
+        cols["encoding"].append(encoding)
         cols["labels"].append(labels)
         cols["labels_dtype"].append(ldtype)
         cols["categories"].append(json.dumps(categories))
@@ -183,6 +208,7 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         "height": np.asarray(cols["height"], dtype=np.int64),
         "width": np.asarray(cols["width"], dtype=np.int64),
         "pixels": _objects(cols["pixels"]),
+        "encoding": _objects(cols["encoding"]),
         "labels": _objects(cols["labels"]),
         "labels_dtype": _objects(cols["labels_dtype"]),
         "categories": _objects(cols["categories"]),
@@ -194,28 +220,76 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
 
 # ---------------------------------------------------------------- stage 2: stylize
 
-STYLED_COLUMNS = ("image_id", "variant", "file_name", "uri", "height", "width", "pixels", "styles", "models",
-                  "stage", "error", "prepare_s", "stylize_s")
+STYLED_COLUMNS = ("image_id", "variant", "file_name", "uri", "height", "width", "pixels", "encoded", "styles",
+                  "models", "worker", "stage", "error", "prepare_s", "stylize_s")
 
 
-def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = "[]") -> Batch:
+def _host_images(batch: Batch, device: Any) -> list[np.ndarray | BaseException | None]:
+    """Each row's pixels as ``uint8[H, W, 3]`` (None for a row that already failed): raw rows as they are,
+    JPEG rows (``encoding == "jpeg"``) decoded together on ``device``; a list that fails is retried one
+    file at a time, and a file the device cannot decode goes to the CPU decoder (clean error or pixels)."""
+    from nstray.data import jpeg
+    from nstray.data.images import decode_image
+
+    n = len(batch["image_id"])
+    out: list[np.ndarray | BaseException | None] = [None] * n
+    encoded: list[int] = []
+    for i in range(n):
+        if str(batch["error"][i]):
+            continue
+        if "encoding" in batch and str(batch["encoding"][i]) == "jpeg":
+            encoded.append(i)
+        else:
+            h, w = int(batch["height"][i]), int(batch["width"][i])
+            out[i] = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(h, w, 3)
+    if not encoded:
+        return out
+    datas = [bytes(batch["pixels"][i]) for i in encoded]
+    try:
+        decoded: list[Any] = jpeg.decode_jpegs(datas, device)
+    except Exception:  # noqa: BLE001 - one bad file fails the list: find it
+        decoded = []
+        for i, data in zip(encoded, datas):
+            try:
+                decoded.append(jpeg.decode_jpegs([data], device)[0])
+            except Exception:  # noqa: BLE001
+                try:
+                    decoded.append(decode_image(data, name=str(batch["file_name"][i])))
+                except Exception as exc:  # noqa: BLE001
+                    decoded.append(exc)
+    for i, image in zip(encoded, decoded):
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        if isinstance(image, np.ndarray) and image.shape[:2] != (h, w):
+            image = ValueError(f"declared size {w}x{h} differs from the file's {image.shape[1]}x{image.shape[0]}; "
+                               "fix: correct width/height in the images entry")
+        out[i] = image
+    return out
+
+
+def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = "[]", worker: str = "{}") -> Batch:
     """Prepared images → one styled row per pending variant (``stylizer`` is a :class:`PartStylizer`).
 
     All good images × variants go through one ``stylize_batch`` call (same-size images share forward
-    passes); if that call fails, each item is retried alone so only the culprit fails.
+    passes); if that call fails, each item is retried alone so only the culprit fails. With
+    ``opts.device_codec`` JPEG inputs are decoded and JPEG outputs encoded on the stylizer's device.
     """
+    device = getattr(stylizer, "device", "cpu")
+    host = _host_images(batch, device)
     items: list[dict] = []  # one per (image, variant)
     for i in range(len(batch["image_id"])):
         base = {
             "image_id": int(batch["image_id"][i]), "file_name": str(batch["file_name"][i]), "uri": str(batch["uri"][i]),
             "height": int(batch["height"][i]), "width": int(batch["width"][i]),
             "stage": str(batch["stage"][i]), "error": str(batch["error"][i]),
-            "prepare_s": float(batch["prepare_s"][i]), "pixels": b"", "styles": "{}", "stylize_s": 0.0,
+            "prepare_s": float(batch["prepare_s"][i]), "pixels": b"", "encoded": False, "styles": "{}",
+            "stylize_s": 0.0,
         }
         variants = opts.pending(base["image_id"])
+        image = host[i]
+        if isinstance(image, BaseException):
+            base["stage"], base["error"] = "decode", _reason(image)
         if not base["error"]:
             h, w = base["height"], base["width"]
-            image = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(h, w, 3)
             labels = np.frombuffer(batch["labels"][i], dtype=np.dtype(str(batch["labels_dtype"][i])))
             labels = labels.reshape(h, w).astype(np.int32)
             categories = json.loads(batch["categories"][i])
@@ -236,7 +310,7 @@ def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = 
             )
             each = (time.perf_counter() - t0) / len(todo)
             for it, res in zip(todo, results):
-                it["pixels"], it["styles"], it["stylize_s"] = _styled(res), json.dumps(res.styles, sort_keys=True), each
+                it["_out"], it["styles"], it["stylize_s"] = res.image, json.dumps(res.styles, sort_keys=True), each
         except Exception:  # noqa: BLE001 - find the one that failed: one at a time
             _release_gpu_memory()
             for it in todo:
@@ -244,11 +318,12 @@ def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = 
                 try:
                     res = stylizer.stylize_batch([it["_in"][0]], [it["_in"][1]], [it["_in"][2]], variants=[it["variant"]],
                                                  seeds=[opts.seed], keys=[it["image_id"]])[0]
-                    it["pixels"], it["styles"] = _styled(res), json.dumps(res.styles, sort_keys=True)
+                    it["_out"], it["styles"] = res.image, json.dumps(res.styles, sort_keys=True)
                 except Exception as exc:  # noqa: BLE001
                     _release_gpu_memory()
                     it["stage"], it["error"] = "stylize", _reason(exc)
                 it["stylize_s"] = time.perf_counter() - t1
+        _encode_on_device([it for it in todo if "_out" in it], opts, device)
 
     out: Batch = {
         "image_id": np.asarray([it["image_id"] for it in items], dtype=np.int64),
@@ -257,15 +332,39 @@ def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = 
         "width": np.asarray([it["width"] for it in items], dtype=np.int64),
         "prepare_s": np.asarray([it["prepare_s"] for it in items], dtype=np.float64),
         "stylize_s": np.asarray([it["stylize_s"] for it in items], dtype=np.float64),
+        "encoded": np.asarray([it["encoded"] for it in items], dtype=bool),
         "models": _objects([models] * len(items)),
+        "worker": _objects([worker] * len(items)),
     }
     for c in ("file_name", "uri", "pixels", "styles", "stage", "error"):
         out[c] = _objects([it[c] for it in items])
     return out
 
 
-def _styled(res: Any) -> bytes:
-    img = np.ascontiguousarray(res.image, dtype=np.uint8)
+def _encode_on_device(items: list[dict], opts: StageOptions, device: Any) -> None:
+    """Set each item's ``pixels``: JPEG bytes encoded on ``device`` (``opts.device_codec`` and a jpg
+    output) or raw pixels for the write stage to encode. A device encoder failure only moves the work
+    to the CPU encoder."""
+    if opts.device_codec and opts.ext in ("jpg", "jpeg") and items:
+        from nstray.data import jpeg
+
+        t0 = time.perf_counter()
+        try:
+            datas = jpeg.encode_jpegs([it["_out"] for it in items], opts.quality, device)
+        except Exception:  # noqa: BLE001 - the CPU encoder takes over
+            _release_gpu_memory()
+        else:
+            each = (time.perf_counter() - t0) / len(items)
+            for it, data in zip(items, datas):
+                it["pixels"], it["encoded"] = data, True
+                it["stylize_s"] += each
+            return
+    for it in items:
+        it["pixels"] = _styled(it["_out"])
+
+
+def _styled(image: np.ndarray) -> bytes:
+    img = np.ascontiguousarray(image, dtype=np.uint8)
     return img.tobytes()
 
 
@@ -295,9 +394,12 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
         if not err:
             try:
                 stg = "encode"
-                h, w = int(batch["height"][i]), int(batch["width"][i])
-                image = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(h, w, 3)
-                data = encode_image(image, opts.ext, opts.quality)
+                if "encoded" in batch and bool(batch["encoded"][i]):
+                    data = bytes(batch["pixels"][i])  # encoded on the stylizer's device
+                else:
+                    h, w = int(batch["height"][i]), int(batch["width"][i])
+                    image = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(h, w, 3)
+                    data = encode_image(image, opts.ext, opts.quality)
                 stg = "write"
                 storage.write_bytes(storage.join(opts.output, key), data)
                 stg = ""
@@ -321,6 +423,7 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
         "height": np.asarray(batch["height"], dtype=np.int64),
         "styles": _objects([str(x) for x in batch["styles"]]),
         "models": _objects([str(x) for x in batch["models"]]),
+        "worker": _objects([str(x) for x in batch["worker"]] if "worker" in batch else ["{}"] * n),
         "seed": np.full(n, opts.seed, dtype=np.int64),
         "fingerprint": _objects([opts.fingerprint] * n),
         "status": _objects(status),
@@ -336,11 +439,32 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
 
 # ---------------------------------------------------------------- the actor
 
+def worker_info(device: str) -> dict:
+    """Where a stylizer runs: Ray node and actor ids, whether Ray restarted it, its process, the torch
+    device it uses and the GPUs Ray gave it (``CUDA_VISIBLE_DEVICES``). Recorded per output in the manifest."""
+    import os
+
+    info: dict[str, Any] = {"pid": os.getpid(), "device": device,
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info.update(node=ctx.get_node_id(), actor=ctx.get_actor_id(),
+                        restarted=bool(ctx.was_current_actor_reconstructed),
+                        gpu_ids=[str(g) for g in ray.get_gpu_ids()])
+    except Exception:  # noqa: BLE001 - outside an actor there is no Ray context to describe
+        pass
+    return info
+
+
 class Stylizer:
     """Ray Data actor: loads the plan's networks once, then styles batches (optionally all stages fused).
 
     ``gpus``: GPUs this actor reserved; it runs on CUDA when that is > 0 and a GPU is really visible,
-    otherwise on the CPU. ``threads``: torch intra-op threads on the CPU.
+    otherwise on the CPU (a GPU node whose driver is missing still finishes the job, slowly).
+    ``threads``: torch intra-op threads on the CPU.
     """
 
     def __init__(self, plan: dict, opts: StageOptions, *, gpus: float = 0.0, threads: int = 1,
@@ -356,13 +480,14 @@ class Stylizer:
         parsed = load_plan(plan)
         self.stylizer = PartStylizer(parsed, device=self.device)
         self.models = json.dumps(model_ids(parsed), sort_keys=True)
+        self.worker = json.dumps(worker_info(self.device), sort_keys=True)
         self.opts = opts
         self.fused = fused
 
     def __call__(self, batch: Batch) -> Batch:
         if self.fused:
             batch = prepare_batch(batch, self.opts)
-        out = stylize_rows(self.stylizer, batch, self.opts, self.models)
+        out = stylize_rows(self.stylizer, batch, self.opts, self.models, self.worker)
         if self.fused:
             out = encode_write_batch(out, self.opts)
         return out

