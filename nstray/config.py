@@ -76,7 +76,9 @@ class ResourcesConfig(_Model):
     keep the GPUs fed).
     ``jpeg_codec``: where JPEG inputs are decoded and JPEG outputs encoded. ``device``: by the stylizer
     on its own device (nvjpeg on a GPU, so CPU tasks only move compressed bytes); ``cpu``: by the CPU
-    stages (PIL); ``auto``: ``device`` when the actors run on GPUs.
+    stages (PIL, in parallel tasks); ``auto``: ``device`` on GPU actors when the cluster has fewer than
+    4 CPUs per GPU (then CPU decoding would starve the GPUs), else ``cpu`` (measured on an H200 with 16
+    CPUs: nvjpeg inside the actor gains nothing there, the CPU tasks decode in parallel for free).
     """
 
     actors: int | Literal["auto"] = 1
@@ -96,9 +98,12 @@ class ResourcesConfig(_Model):
             raise PydanticCustomError("actors", "must be ≥ 1 or 'auto'")
         return v
 
-    def device_codec(self, gpus: float) -> bool:
-        """Whether the stylizer decodes/encodes JPEGs itself, for actors that reserve ``gpus`` each."""
-        return self.jpeg_codec == "device" or (self.jpeg_codec == "auto" and gpus > 0)
+    def device_codec(self, gpus: float, cpus_per_gpu: float = float("inf")) -> bool:
+        """Whether the stylizer decodes/encodes JPEGs itself, for actors that reserve ``gpus`` each on a
+        cluster with ``cpus_per_gpu`` CPUs per GPU."""
+        if self.jpeg_codec != "auto":
+            return self.jpeg_codec == "device"
+        return gpus > 0 and cpus_per_gpu < 4
 
     def fused(self, gpus: float | None = None) -> bool:
         """Whether stages run fused inside the actors, for a job that reserves ``gpus`` per actor."""

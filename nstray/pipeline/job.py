@@ -340,7 +340,7 @@ def run_job(
             output=out, ext=cfg.format.ext, quality=cfg.format.quality, max_pixels=cfg.limits.max_pixels,
             overlaps=plan.overlaps if isinstance(plan.overlaps, str) else tuple(plan.overlaps),
             seed=cfg.seed, fingerprint=fingerprint, variants=work.default, exceptions=work.exceptions,
-            device_codec=cfg.resources.device_codec(placement.gpus_per_actor),
+            device_codec=cfg.resources.device_codec(placement.gpus_per_actor, cpus / gpus if gpus else float("inf")),
         )
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
