@@ -90,12 +90,13 @@ def _max_attempts() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _client(pid: int, max_attempts: int):  # noqa: ARG001 - one client per process (boto3 clients are not fork-safe)
+def _client(pid: int, max_attempts: int, endpoint: str | None):  # noqa: ARG001 - cache keys
+    """One client per process (boto3 clients are not fork-safe) and per environment setting it reads."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        retries={"total_max_attempts": max_attempts, "mode": "adaptive"},  # the first try included
         connect_timeout=float(os.environ.get("NSTRAY_S3_CONNECT_TIMEOUT", "5")),
         read_timeout=float(os.environ.get("NSTRAY_S3_READ_TIMEOUT", "60")),
     )
@@ -104,7 +105,7 @@ def _client(pid: int, max_attempts: int):  # noqa: ARG001 - one client per proce
 
 def s3_client():
     """A boto3 S3 client (cached per process) with bounded adaptive retries (throttling, 503, connection errors)."""
-    return _client(os.getpid(), _max_attempts())
+    return _client(os.getpid(), _max_attempts(), os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
 
 
 def _s3_error(action: str, uri: str, exc: Exception) -> StorageError:

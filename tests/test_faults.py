@@ -231,3 +231,60 @@ def test_a_killed_driver_reruns_to_the_uninterrupted_output_set(ray_cluster, dat
     assert [(i["file_name"], i["nstray"]["styles"]) for i in coco["images"]] == \
         [(i["file_name"], i["nstray"]["styles"]) for i in ref_coco["images"]]
     assert len(coco["annotations"]) == len(ref_coco["annotations"])
+
+
+# ---------------------------------------------------------------- S3 throttling (503 SlowDown)
+
+
+def test_throttling_is_retried_with_backoff_up_to_a_bound(s3_server, s3_bucket, monkeypatch):
+    from s3proxy import ThrottlingProxy
+
+    uri = f"{s3_bucket}/obj.bin"
+    storage.write_bytes(uri, b"x" * 1000)
+    path = "/" + storage.parse(uri).bucket + "/obj.bin"
+    monkeypatch.setenv("NSTRAY_S3_MAX_ATTEMPTS", "5")
+    with ThrottlingProxy(s3_server.endpoint, lambda method, p, n: p == path and n <= 3) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        assert storage.read_bytes(uri) == b"x" * 1000  # three 503 SlowDown, then the object
+        assert proxy.throttled[path] == 3
+    monkeypatch.setenv("NSTRAY_S3_MAX_ATTEMPTS", "3")
+    with ThrottlingProxy(s3_server.endpoint, lambda method, p, n: p == path) as proxy:  # it never ends
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        with pytest.raises(storage.StorageError, match=f"cannot read {uri}: S3 error SlowDown"):
+            storage.read_bytes(uri)
+        assert proxy.throttled[path] == 3  # bounded: exactly NSTRAY_S3_MAX_ATTEMPTS tries
+
+
+def test_a_record_throttled_for_good_fails_alone_with_its_reason(ray_cluster, s3_server, s3_bucket, dataset,
+                                                                  monkeypatch):
+    from s3proxy import ThrottlingProxy
+
+    coco = json.loads(Path(dataset.annotations).read_text())
+    images = coco["images"][:6]
+    coco = dict(coco, images=images, annotations=[a for a in coco["annotations"]
+                                                  if a["image_id"] in {i["id"] for i in images}])
+    for img in images:
+        storage.write_bytes(f"{s3_bucket}/in/images/{img['file_name']}",
+                            (dataset.images_dir / img["file_name"]).read_bytes())
+    storage.write_bytes(f"{s3_bucket}/in/annotations.json", json.dumps(coco).encode())
+    victim = images[2]
+    bucket = storage.parse(s3_bucket).bucket
+
+    def rule(method: str, path: str, n: int) -> bool:
+        if not path.startswith(f"/{bucket}/in/images/") or method != "GET":
+            return False
+        return path.endswith("/" + victim["file_name"]) or n == 1  # the victim always; every other image once
+
+    out = f"{s3_bucket}/styled"
+    with ThrottlingProxy(s3_server.endpoint, rule) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the driver's, forwarded to every worker
+        summary = run_job(dict(config(f"{s3_bucket}/in/annotations.json", f"{s3_bucket}/in/images", out),
+                               variants=1))
+    assert (summary.done, summary.failed) == (5, 1)
+    assert all(proxy.throttled[f"/{bucket}/in/images/{i['file_name']}"] >= 1 for i in images)
+    errors = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/errors.parquet"))).to_pylist()
+    assert [(e["image_id"], e["stage"]) for e in errors] == [(victim["id"], "read")]
+    assert "SlowDown" in errors[0]["reason"] and errors[0]["fix"]
+    report = summary.report
+    assert report["errors"]["by_stage"] == {"read": 1}
+    assert any("SlowDown" in reason for reason in report["errors"]["by_reason"])

@@ -80,7 +80,7 @@ def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) 
     if gpus > 0 and 0 < cluster_gpus < actors * gpus:
         min_actors = max(1, int(cluster_gpus // gpus))
         notes.append(f"the cluster has {cluster_gpus:g} GPU(s) for {actors} actors × {gpus:g}: starting {min_actors} "
-                     f"actor(s), growing to {actors} if GPUs are added")
+                     f"actor(s), growing to {actors} as the cluster autoscaler adds GPUs")
     cpus = resources.cpus_per_actor
     threads = max(1, int(round(resources.cpus_per_actor)))
     reserve = 1.0 if cluster_cpus >= 2 else cluster_cpus / 2
