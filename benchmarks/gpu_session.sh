@@ -37,7 +37,8 @@ step() {  # step NAME SECONDS CMD...
 } 2>&1 | tee "$OUT/env.log"
 want() { [[ " ${STEPS:-nvjpeg pipeline profile feedforward optimize} " == *" $1 "* ]]; }
 want nvjpeg && step nvjpeg 120 python3 benchmarks/jpeg_codec.py --device cuda --images 64 --size 512
-want pipeline && step pipeline 330 python3 benchmarks/pipeline.py --no-cpu --gpu --codec device --codec-compare \
+want pipeline && step pipeline 330 python3 benchmarks/pipeline.py --no-cpu --gpu --codec "${CODEC:-device}" \
+  ${CODEC_COMPARE---codec-compare} \
   --images "${IMAGES:-128}" --width 512 --height 512 --format jpg --batch-size 16 --json "$OUT/pipeline.json" \
   --gpu-actors "${GPU_ACTORS:-1}" --gpus-per-actor "${GPUS_PER_ACTOR:-1}"
 want profile && step profile 120 python3 benchmarks/profile_stylize.py --device cuda --size 512 --batch 16

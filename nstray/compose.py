@@ -34,6 +34,7 @@ __all__ = [
     "ycbcr_to_rgb",
     "preserve_color",
     "composite",
+    "composite_labels",
     "to_uint8",
     "PALETTE",
     "overlay",
@@ -159,6 +160,61 @@ def composite(
             layer = preserve_color(layer, original)
         acc += alpha * layer
         cover += alpha
+    blended = original * (1.0 - cover) + acc
+    return torch.where(cover > 0, blended, original)
+
+
+def composite_labels(
+    original: Tensor,
+    stylized_layers: Tensor,
+    label_map: Tensor,
+    strength: list[float],
+    preserve: list[bool],
+    layer_of: list[int],
+    feather_px: int = 0,
+) -> Tensor:
+    """``composite(original, stylized_layers, soft_masks(label_map, K, feather_px), ...)``, bit for bit,
+    without building the K masks.
+
+    Each pixel belongs to at most one part, so its alpha is its part's strength times the feather
+    ramp, and the blend needs one pass per distinct (layer, preserve) pair instead of one per part:
+    a GPU runs a handful of kernels per image instead of several per part and never waits on the
+    host (:func:`composite` asks the device whether each part is empty). ``strength``, ``preserve``
+    and ``layer_of`` are per part, as in :func:`composite`.
+    """
+    k = len(strength)
+    if not (len(preserve) == len(layer_of) == k):
+        raise ValueError(f"strength, preserve and layer_of need one value per part, got {len(strength)}, "
+                         f"{len(preserve)}, {len(layer_of)}")
+    if label_map.shape != original.shape[1:]:
+        raise ValueError(f"label_map must be [{original.shape[1]}, {original.shape[2]}], got {list(label_map.shape)}")
+    if any(not 0 <= s <= 1 for s in strength):
+        raise ValueError(f"strength must lie in [0, 1], got {list(strength)}")
+    if any(not 0 <= i < stylized_layers.shape[0] for i in layer_of):
+        raise ValueError(f"layer_of must index the {stylized_layers.shape[0]} layers, got {list(layer_of)}")
+    dev = original.device
+    labels = label_map.long()
+    inside = labels >= 0
+    part = labels.clamp(min=0)
+    if k == 0:
+        return original.clone()
+    alpha = torch.as_tensor(strength, dtype=original.dtype, device=dev)[part]
+    if feather_px > 0:
+        ramp = (inside_distance(labels, feather_px).to(torch.float32) + 1.0) / (feather_px + 1.0)
+        alpha = ramp.clamp_(max=1.0) * alpha  # the same product as soft_masks' (1·ramp) times strength
+    alpha = torch.where(inside, alpha, torch.zeros((), dtype=alpha.dtype, device=dev))
+    pairs = sorted(set(zip(layer_of, preserve)))
+    pair_of = torch.as_tensor([pairs.index(p) for p in zip(layer_of, preserve)], device=dev)[part]
+    acc = torch.zeros_like(original)
+    cover = torch.zeros_like(original[0])
+    zero = torch.zeros((), dtype=alpha.dtype, device=dev)
+    for j, (layer_index, keep_chroma) in enumerate(pairs):
+        a = torch.where(pair_of == j, alpha, zero) if len(pairs) > 1 else alpha
+        layer = stylized_layers[layer_index]
+        if keep_chroma:
+            layer = preserve_color(layer, original)
+        acc += a * layer
+        cover += a
     blended = original * (1.0 - cover) + acc
     return torch.where(cover > 0, blended, original)
 

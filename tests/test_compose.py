@@ -139,3 +139,21 @@ def test_overlay_tints_parts_only():
     orig = _image(0)
     over = compose.overlay(orig, lab)
     assert torch.equal(over[:, lab < 0], orig[:, lab < 0]) and not torch.equal(over[:, lab == 0], orig[:, lab == 0])
+
+
+@pytest.mark.parametrize("feather", [0, 1, 3])
+@pytest.mark.parametrize("k", [0, 1, 7])
+def test_composite_by_labels_equals_composite_of_soft_masks_bit_for_bit(feather, k):
+    g = torch.Generator().manual_seed(k * 10 + feather)
+    h, w = 37, 53
+    blocks = torch.randint(-1, max(k, 1), (h // 4 + 1, w // 4 + 1), generator=g) if k else torch.full((10, 14), -1)
+    labels = blocks.repeat_interleave(4, 0).repeat_interleave(4, 1)[:h, :w]
+    original, layers = torch.rand(3, h, w, generator=g), torch.rand(2, 3, h, w, generator=g)
+    strength = [float(s) for s in torch.rand(k, generator=g)]
+    preserve = [i % 2 == 0 for i in range(k)]
+    layer_of = [i % 2 for i in range(k)]
+    expected = compose.composite(original, layers, compose.soft_masks(labels, k, feather), strength, preserve, layer_of)
+    got = compose.composite_labels(original, layers, labels, strength, preserve, layer_of, feather)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="layer_of"):
+        compose.composite_labels(original, layers, labels, [0.5], [False], [5], feather)

@@ -290,8 +290,7 @@ class PartStylizer:
         regions: list[_Region] = []
         styles: dict[str, str] = {}
         remap = np.full(k + 1, -1, dtype=np.int32)  # old label (+1 shift: background first) -> region label
-        present = np.zeros(k + 1, dtype=bool)
-        present[np.unique(lm) + 1] = True
+        present = np.bincount((lm + 1).ravel(), minlength=k + 1) > 0
         for old, category in [(-1, BACKGROUND)] + list(enumerate(categories)):
             if not present[old + 1]:
                 continue
@@ -314,8 +313,9 @@ class PartStylizer:
 
     def _crop_for(self, image_index: int, work: _Work, region: _Region) -> _Crop | None:
         """The crop request of a scaled region, or None when the cap leaves no upscaling (styled full-frame)."""
-        ys, xs = np.nonzero(work.region_map == region.label)
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        mask = work.region_map == region.label
+        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
         h, w = work.original.shape[:2]
         margin = max(8, round(self.context * max(y1 - y0, x1 - x0)))
         bh, bw = min(h, y1 - y0 + 2 * margin), min(w, x1 - x0 + 2 * margin)
@@ -366,7 +366,9 @@ class PartStylizer:
         for w in works:
             regs = w.unscaled(kind)
             labels = np.array([r.label for r in regs])
-            assigned = np.isin(w.region_map, labels)
+            member = np.zeros(len(w.regions) + 1, dtype=bool)  # by region label; the last entry is label -1
+            member[labels] = True
+            assigned = member[w.region_map]
             # compact: region label -> row of this kind's table; others take the nearest row
             row_of = np.full(len(w.regions) + 1, -1, dtype=np.int64)
             row_of[labels] = np.arange(len(regs))
@@ -453,15 +455,13 @@ class PartStylizer:
         layers = torch.stack([work.layers[n] for n in names])
         layer_of = [names.index("crops" if r.label in work.crops else r.kind) for r in work.regions]
         region_map = torch.from_numpy(work.region_map).to(self.device)
-        masks = compose.soft_masks(region_map, len(work.regions), self.plan.edges.feather_px)
-        original = self._to_tensor(work.original)
-        out = compose.composite(
-            original, layers, masks,
+        source = torch.tensor(work.original, device=self.device)  # a copy: the input may be a read-only buffer
+        out = compose.composite_labels(
+            source.permute(2, 0, 1).float() / 255.0, layers, region_map,
             strength=[r.spec.strength for r in work.regions],
             preserve=[r.spec.preserve_color for r in work.regions],
-            layer_of=layer_of,
+            layer_of=layer_of, feather_px=self.plan.edges.feather_px,
         )
-        result = compose.to_uint8(out).cpu().numpy()
-        untouched = work.region_map < 0
-        result[untouched] = work.original[untouched]  # the input's bytes, whatever float rounding did
-        return StylizeResult(result, work.styles)
+        # pixels of no styled region keep the input's bytes, whatever float rounding did
+        result = torch.where((region_map < 0)[..., None], source, compose.to_uint8(out))
+        return StylizeResult(result.cpu().numpy(), work.styles)
