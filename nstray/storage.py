@@ -6,12 +6,20 @@ S3-compatible server (SeaweedFS, MinIO). Credentials are never logged or stored.
 
 Writes are atomic: a local file is written to a temporary sibling and renamed;
 an S3 ``PutObject`` is atomic by design. So an object is visible whole or not at all.
+
+Retries, bounded: botocore retries throttling (``SlowDown``, 503) and 5xx with exponential backoff
+and full jitter (``NSTRAY_S3_MAX_ATTEMPTS`` tries, 10 by default: about a minute of throttling), but
+backs off only milliseconds on connection errors, so an endpoint that is down for a few seconds
+would fail every call at once. Calls that fail to connect are therefore retried again with capped
+exponential backoff and full jitter until ``NSTRAY_S3_RETRY_SECONDS`` (60) have passed.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import random
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +91,28 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return str(Path(parse(text).path, *parts))
 
 
+def _retry_seconds() -> float:
+    return float(os.environ.get("NSTRAY_S3_RETRY_SECONDS", "60"))
+
+
+def _s3_call(fn):
+    """``fn()`` again while it fails to reach the endpoint (connection refused, reset, timed out), with
+    exponential backoff and full jitter, until ``NSTRAY_S3_RETRY_SECONDS`` have passed; then its error."""
+    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    deadline = time.monotonic() + _retry_seconds()
+    cap = 0.5
+    while True:
+        try:
+            return fn()
+        except (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError):
+            wait = random.uniform(0, cap)
+            if time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
+            cap = min(cap * 2, 8.0)
+
+
 def _max_attempts() -> int:
     """Attempts per S3 call (``NSTRAY_S3_MAX_ATTEMPTS``, default 10: with exponential backoff and jitter
     capped at 20 s, about a minute of throttling or outage is ridden out before a record fails)."""
@@ -140,7 +170,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
         except OSError as exc:
             raise StorageError(f"cannot read {loc.path}: {exc.strerror}") from None
     try:
-        return s3_client().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read()
+        return _s3_call(lambda: s3_client().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read())
     except Exception as exc:  # botocore raises many types; all become one clear error
         raise _s3_error("read", str(uri), exc) from None
 
@@ -150,20 +180,25 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     loc = parse(uri)
     if loc.scheme == "file":
         path = Path(loc.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial"
-        # os.open honours the umask (mkstemp would force 0600 on every output)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # os.open honours the umask (mkstemp would force 0600 on every output)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise StorageError(f"cannot write {loc.path}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # disk full, a folder under the final name ...
+                raise StorageError(f"cannot write {loc.path}: {exc.strerror or exc}") from None
             raise
         return
     try:
-        s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data)
+        _s3_call(lambda: s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data))
     except Exception as exc:
         raise _s3_error("write", str(uri), exc) from None
 
@@ -175,7 +210,7 @@ def delete(uri: str | os.PathLike) -> None:
         Path(loc.path).unlink(missing_ok=True)
         return
     try:
-        s3_client().delete_object(Bucket=loc.bucket, Key=loc.path)
+        _s3_call(lambda: s3_client().delete_object(Bucket=loc.bucket, Key=loc.path))
     except Exception as exc:
         raise _s3_error("delete", str(uri), exc) from None
 
@@ -200,7 +235,7 @@ def exists(uri: str | os.PathLike) -> bool:
     from botocore.exceptions import ClientError
 
     try:
-        s3_client().head_object(Bucket=loc.bucket, Key=loc.path)
+        _s3_call(lambda: s3_client().head_object(Bucket=loc.bucket, Key=loc.path))
         return True
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -217,7 +252,7 @@ def version_tag(uri: str | os.PathLike) -> str:
         st = Path(loc.path).stat()
         return f"{st.st_size}-{st.st_mtime_ns}"
     try:
-        return s3_client().head_object(Bucket=loc.bucket, Key=loc.path)["ETag"].strip('"')
+        return _s3_call(lambda: s3_client().head_object(Bucket=loc.bucket, Key=loc.path))["ETag"].strip('"')
     except Exception as exc:
         raise _s3_error("check", str(uri), exc) from None
 
@@ -233,13 +268,17 @@ def list_files(prefix: str | os.PathLike) -> Iterator[str]:
                     yield str(p)
         return
     key_prefix = loc.path.rstrip("/") + "/" if loc.path else ""
-    try:
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=key_prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield f"s3://{loc.bucket}/{obj['Key']}"
-    except Exception as exc:
-        raise _s3_error("list", str(prefix), exc) from None
+    token: dict[str, str] = {}
+    while True:
+        try:
+            page = _s3_call(lambda: s3_client().list_objects_v2(Bucket=loc.bucket, Prefix=key_prefix, **token))
+        except Exception as exc:
+            raise _s3_error("list", str(prefix), exc) from None
+        for obj in page.get("Contents", []):
+            yield f"s3://{loc.bucket}/{obj['Key']}"
+        if not page.get("IsTruncated"):
+            return
+        token = {"ContinuationToken": page["NextContinuationToken"]}
 
 
 def pyarrow_filesystem(uri: str | os.PathLike, *, with_credentials: bool = True):

@@ -51,6 +51,7 @@ os.environ.update(
     AWS_REGION="us-east-1",
     AWS_EC2_METADATA_DISABLED="true",
     NSTRAY_S3_MAX_ATTEMPTS="3",
+    NSTRAY_S3_RETRY_SECONDS="2",  # fail fast on an unreachable endpoint; the outage test raises it
 )
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

@@ -258,6 +258,22 @@ def test_many_manifest_parts_compact_into_one_that_reads_the_same(tmp_path: Path
     assert {r["status"] for r in outputs.read_manifest(out).to_pylist() if r["image_id"] == 1} == {"done"}
 
 
+def test_a_periodic_manifest_flush_that_fails_keeps_its_rows_and_the_final_one_raises(tmp_path: Path):
+    from nstray import storage
+
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")  # every write under it fails
+    w = outputs.ManifestWriter(str(blocker), "20250101T000000-aaaaaa", flush_rows=1)
+    w.add([_row(1, 0)])  # the periodic flush fails: the job goes on, the row waits
+    assert (w.parts, len(w._buffer), w.done) == ([], 1, 1)
+    with pytest.raises(storage.StorageError):
+        w.flush()
+    blocker.unlink()
+    w.add([_row(2, 0)])
+    assert len(w.parts) == 1 and w._buffer == []  # both rows recorded once the storage is back
+    assert sorted(r["image_id"] for r in outputs.read_manifest(str(blocker)).to_pylist()) == [1, 2]
+
+
 def test_partials_of_killed_writers_are_removed_and_final_files_kept(tmp_path: Path):
     from nstray import storage
 

@@ -147,7 +147,8 @@ def test_a_killed_actor_is_replaced_and_its_work_redone(ray_cluster, dataset, tm
 
 
 def test_an_s3_outage_mid_job_is_ridden_out(ray_cluster, s3_server, s3_bucket, dataset, monkeypatch):
-    monkeypatch.setenv("NSTRAY_S3_MAX_ATTEMPTS", "10")  # the default; the test session lowers it to 3
+    monkeypatch.setenv("NSTRAY_S3_MAX_ATTEMPTS", "10")  # the defaults; the test session lowers them
+    monkeypatch.setenv("NSTRAY_S3_RETRY_SECONDS", "60")
     coco = json.loads(Path(dataset.annotations).read_text())
     for img in coco["images"]:
         storage.write_bytes(f"{s3_bucket}/in/images/{img['file_name']}",

@@ -224,7 +224,8 @@ def _reader_filesystem(uri: str):
 # spinning against the other actors' threads. Measured 1.2–1.4× by benchmarks/feedforward.py.
 _CPU_ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}
 # the driver's storage settings reach every worker (never credentials: workers find those themselves)
-_FORWARDED_ENV = ("NSTRAY_S3_MAX_ATTEMPTS", "NSTRAY_S3_CONNECT_TIMEOUT", "NSTRAY_S3_READ_TIMEOUT", "AWS_ENDPOINT_URL",
+_FORWARDED_ENV = ("NSTRAY_S3_MAX_ATTEMPTS", "NSTRAY_S3_RETRY_SECONDS", "NSTRAY_S3_CONNECT_TIMEOUT",
+                  "NSTRAY_S3_READ_TIMEOUT", "AWS_ENDPOINT_URL",
                   "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 

@@ -214,9 +214,11 @@ class ManifestWriter:
                 continue
             self._buffer.append(row)
         if len(self._buffer) >= self.flush_rows or (self._buffer and time.monotonic() - self._last_flush > self.flush_seconds):
-            self.flush()
+            self.flush(final=False)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
+        """Write the buffered rows as a new part. A periodic flush (``final=False``) that cannot reach the
+        storage keeps the rows for the next one (the job goes on); the final flush raises."""
         import pyarrow as pa
 
         self._last_flush = time.monotonic()
@@ -224,7 +226,14 @@ class ManifestWriter:
             return
         table = pa.Table.from_pylist(self._buffer, schema=manifest_schema())
         uri = storage.join(self.output, MANIFEST_DIR, f"part-{self.run_id}-{len(self.parts):05d}.parquet")
-        storage.write_bytes(uri, _parquet_bytes(table))
+        try:
+            storage.write_bytes(uri, _parquet_bytes(table))
+        except storage.StorageError as exc:
+            if final:
+                raise
+            log.warning("could not record %d finished output(s) yet (%s); retrying at the next flush",
+                        len(self._buffer), exc)
+            return
         self.parts.append(uri)
         self._buffer = []
 
