@@ -450,9 +450,13 @@ def worker_info(device: str) -> dict:
         import ray
 
         if ray.is_initialized():
+            import warnings
+
             ctx = ray.get_runtime_context()
-            info.update(node=ctx.get_node_id(), actor=ctx.get_actor_id(),
-                        restarted=bool(ctx.was_current_actor_reconstructed),
+            with warnings.catch_warnings():  # Ray 2.60 warns about its own use of a deprecated property here
+                warnings.simplefilter("ignore")
+                restarted = bool(ctx.was_current_actor_reconstructed)
+            info.update(node=ctx.get_node_id(), actor=ctx.get_actor_id(), restarted=restarted,
                         gpu_ids=[str(g) for g in ray.get_gpu_ids()])
     except Exception:  # noqa: BLE001 - outside an actor there is no Ray context to describe
         pass
