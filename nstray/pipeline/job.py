@@ -269,8 +269,8 @@ def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_ro
         num_gpus=placement.gpus_per_actor or None,
         num_cpus=placement.cpus_per_actor,
         batch_size=b,
-        **remote,  # restarts: Ray Data's actor pools restart dead actors and retry their batches by default
-    )
+        **remote,
+    )  # a dead actor is restarted and its batch retried: Ray Data's defaults (max_restarts, max_task_retries -1)
     if not placement.fused:
         ds = ds.map_batches(encode_write_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1, **remote)
     return ds
