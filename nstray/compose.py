@@ -23,6 +23,8 @@ Choices (and why):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,8 +35,8 @@ __all__ = [
     "rgb_to_ycbcr",
     "ycbcr_to_rgb",
     "preserve_color",
+    "feather_ramp",
     "composite",
-    "composite_labels",
     "to_uint8",
     "PALETTE",
     "overlay",
@@ -73,6 +75,17 @@ def inside_distance(label_map: Tensor, max_px: int) -> Tensor:
     return dist
 
 
+def feather_ramp(label_map: Tensor, feather_px: int) -> Tensor:
+    """Each pixel's alpha factor from its distance inside its own region: ``1/(feather_px+1)`` on a
+    border pixel rising to 1 at ``feather_px`` pixels inside (all 1 when ``feather_px`` is 0)."""
+    if feather_px < 0:
+        raise ValueError(f"feather_px must be >= 0, got {feather_px}")
+    if feather_px == 0:
+        return torch.ones(label_map.shape, dtype=torch.float32, device=label_map.device)
+    ramp = (inside_distance(label_map, feather_px).to(torch.float32) + 1.0) / (feather_px + 1.0)
+    return ramp.clamp_(max=1.0)
+
+
 def soft_masks(label_map: Tensor, num_parts: int, feather_px: int = 0) -> Tensor:
     """Per-part alpha masks ``[K, H, W]`` in ``[0, 1]`` from a label map.
 
@@ -80,17 +93,13 @@ def soft_masks(label_map: Tensor, num_parts: int, feather_px: int = 0) -> Tensor
     ``1/(feather_px+1)`` on the part's border pixel to 1 at ``feather_px`` pixels inside it;
     it is 0 everywhere outside the part (see the module notes).
     """
-    if feather_px < 0:
-        raise ValueError(f"feather_px must be >= 0, got {feather_px}")
     labels = label_map.long()
+    ramp = feather_ramp(labels, feather_px)
     if labels.numel() and int(labels.max()) >= num_parts:
         raise ValueError(f"label_map holds label {int(labels.max())} but only {num_parts} parts were given")
     ks = torch.arange(num_parts, device=labels.device)[:, None, None]
     hard = (labels[None] == ks).to(torch.float32)
-    if feather_px == 0:
-        return hard
-    ramp = (inside_distance(labels, feather_px).to(torch.float32) + 1.0) / (feather_px + 1.0)
-    return hard * ramp.clamp_(max=1.0)[None]
+    return hard if feather_px == 0 else hard * ramp[None]
 
 
 def rgb_to_ycbcr(rgb: Tensor) -> Tensor:
@@ -117,97 +126,52 @@ def preserve_color(stylized: Tensor, original: Tensor) -> Tensor:
 def composite(
     original: Tensor,
     stylized_layers: Tensor,
-    masks: Tensor,
-    strength: Tensor | list[float],
-    preserve: Tensor | list[bool],
-    layer_of: Tensor | list[int] | None = None,
-) -> Tensor:
-    """Blend stylized layers into ``original`` ([3, H, W]) part by part.
-
-    ``stylized_layers``: ``[L, 3, H, W]``; part ``k`` takes its pixels from layer
-    ``layer_of[k]`` (default ``k``, so L = K), which lets one network output serve every part
-    it styled. ``masks``: ``[K, H, W]`` alphas with disjoint support (from :func:`soft_masks`).
-    ``strength[k]`` in [0, 1] scales part ``k``'s alpha; ``preserve[k]`` keeps the original
-    chroma in part ``k``. Pixels where every alpha is 0 are returned exactly as in ``original``.
-    """
-    k = masks.shape[0]
-    if original.dim() != 3 or original.shape[0] != 3:
-        raise ValueError(f"original must be [3, H, W], got {list(original.shape)}")
-    if masks.dim() != 3 or masks.shape[1:] != original.shape[1:]:
-        raise ValueError(f"masks must be [K, {original.shape[1]}, {original.shape[2]}], got {list(masks.shape)}")
-    if stylized_layers.dim() != 4 or stylized_layers.shape[1:] != original.shape:
-        raise ValueError(f"stylized_layers must be [L, {', '.join(map(str, original.shape))}], got {list(stylized_layers.shape)}")
-    dev = original.device
-    strength_t = torch.as_tensor(strength, dtype=original.dtype, device=dev).reshape(-1)
-    preserve_t = torch.as_tensor(preserve, dtype=torch.bool, device=dev).reshape(-1)
-    layer_t = torch.arange(k, device=dev) if layer_of is None else torch.as_tensor(layer_of, dtype=torch.long, device=dev).reshape(-1)
-    for name, t in (("strength", strength_t), ("preserve", preserve_t), ("layer_of", layer_t)):
-        if t.numel() != k:
-            raise ValueError(f"{name} needs one value per part ({k}), got {t.numel()}")
-    if ((strength_t < 0) | (strength_t > 1)).any():
-        raise ValueError(f"strength must lie in [0, 1], got {strength_t.tolist()}")
-    if k and (int(layer_t.min()) < 0 or int(layer_t.max()) >= stylized_layers.shape[0]):
-        raise ValueError(f"layer_of must index the {stylized_layers.shape[0]} layers, got {layer_t.tolist()}")
-
-    acc = torch.zeros_like(original)
-    cover = torch.zeros_like(original[0])
-    for i in range(k):
-        alpha = masks[i] * strength_t[i]
-        if not bool((alpha > 0).any()):
-            continue
-        layer = stylized_layers[layer_t[i]]
-        if preserve_t[i]:
-            layer = preserve_color(layer, original)
-        acc += alpha * layer
-        cover += alpha
-    blended = original * (1.0 - cover) + acc
-    return torch.where(cover > 0, blended, original)
-
-
-def composite_labels(
-    original: Tensor,
-    stylized_layers: Tensor,
     label_map: Tensor,
-    strength: list[float],
-    preserve: list[bool],
-    layer_of: list[int],
+    strength: Sequence[float],
+    preserve: Sequence[bool],
+    layer_of: Sequence[int] | None = None,
     feather_px: int = 0,
 ) -> Tensor:
-    """``composite(original, stylized_layers, soft_masks(label_map, K, feather_px), ...)``, bit for bit,
-    without building the K masks.
+    """Blend stylized layers into ``original`` ([3, H, W]) part by part, by a label map.
 
-    Each pixel belongs to at most one part, so its alpha is its part's strength times the feather
-    ramp, and the blend needs one pass per distinct (layer, preserve) pair instead of one per part:
-    a GPU runs a handful of kernels per image instead of several per part and never waits on the
-    host (:func:`composite` asks the device whether each part is empty). ``strength``, ``preserve``
-    and ``layer_of`` are per part, as in :func:`composite`.
+    ``label_map``: ``[H, W]``, ``k`` = part ``k``, negative = no part. Part ``k``'s alpha is
+    ``strength[k]`` times its :func:`feather_ramp` (the alphas of :func:`soft_masks`), and it takes
+    its pixels from layer ``layer_of[k]`` of ``stylized_layers`` ``[L, 3, H, W]`` (default ``k``), with
+    the original's chroma where ``preserve[k]``. Pixels of no part are returned exactly as in
+    ``original``. Each pixel belongs to at most one part, so the blend is one pass per distinct
+    (layer, preserve) pair, not per part: a handful of kernels per image, none waiting on the host.
     """
     k = len(strength)
-    if not (len(preserve) == len(layer_of) == k):
-        raise ValueError(f"strength, preserve and layer_of need one value per part, got {len(strength)}, "
-                         f"{len(preserve)}, {len(layer_of)}")
+    layer_of = list(range(k)) if layer_of is None else list(layer_of)
+    if original.dim() != 3 or original.shape[0] != 3:
+        raise ValueError(f"original must be [3, H, W], got {list(original.shape)}")
     if label_map.shape != original.shape[1:]:
         raise ValueError(f"label_map must be [{original.shape[1]}, {original.shape[2]}], got {list(label_map.shape)}")
-    if any(not 0 <= s <= 1 for s in strength):
+    if stylized_layers.dim() != 4 or stylized_layers.shape[1:] != original.shape:
+        raise ValueError(f"stylized_layers must be [L, {', '.join(map(str, original.shape))}], got {list(stylized_layers.shape)}")
+    for name, values in (("preserve", preserve), ("layer_of", layer_of)):
+        if len(values) != k:
+            raise ValueError(f"{name} needs one value per part ({k}, as strength), got {len(values)}")
+    if any(not 0 <= v <= 1 for v in strength):
         raise ValueError(f"strength must lie in [0, 1], got {list(strength)}")
     if any(not 0 <= i < stylized_layers.shape[0] for i in layer_of):
-        raise ValueError(f"layer_of must index the {stylized_layers.shape[0]} layers, got {list(layer_of)}")
-    dev = original.device
+        raise ValueError(f"layer_of must index the {stylized_layers.shape[0]} layers, got {layer_of}")
     labels = label_map.long()
-    inside = labels >= 0
-    part = labels.clamp(min=0)
+    if labels.numel() and int(labels.max()) >= k:
+        raise ValueError(f"label_map holds label {int(labels.max())} but only {k} parts were given")
     if k == 0:
         return original.clone()
-    alpha = torch.as_tensor(strength, dtype=original.dtype, device=dev)[part]
-    if feather_px > 0:
-        ramp = (inside_distance(labels, feather_px).to(torch.float32) + 1.0) / (feather_px + 1.0)
-        alpha = ramp.clamp_(max=1.0) * alpha  # the same product as soft_masks' (1·ramp) times strength
-    alpha = torch.where(inside, alpha, torch.zeros((), dtype=alpha.dtype, device=dev))
+    dev = original.device
+    inside = labels >= 0
+    part = labels.clamp(min=0)
+    zero = torch.zeros((), dtype=original.dtype, device=dev)
+    # the same product as soft_masks' (1·ramp) times the strength, so alphas match it bit for bit
+    alpha = feather_ramp(labels, feather_px) * torch.as_tensor(list(strength), dtype=original.dtype, device=dev)[part]
+    alpha = torch.where(inside, alpha, zero)
     pairs = sorted(set(zip(layer_of, preserve)))
     pair_of = torch.as_tensor([pairs.index(p) for p in zip(layer_of, preserve)], device=dev)[part]
     acc = torch.zeros_like(original)
     cover = torch.zeros_like(original[0])
-    zero = torch.zeros((), dtype=alpha.dtype, device=dev)
     for j, (layer_index, keep_chroma) in enumerate(pairs):
         a = torch.where(pair_of == j, alpha, zero) if len(pairs) > 1 else alpha
         layer = stylized_layers[layer_index]

@@ -17,6 +17,7 @@ exponential backoff and full jitter until ``NSTRAY_S3_RETRY_SECONDS`` (60) have 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import time
@@ -24,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "StorageError",
@@ -98,24 +101,36 @@ def _retry_seconds() -> float:
 def _s3_call(fn):
     """``fn()`` again while it fails to reach the endpoint (connection refused, reset, timed out), with
     exponential backoff and full jitter, until ``NSTRAY_S3_RETRY_SECONDS`` have passed; then its error."""
-    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
-
     deadline = time.monotonic() + _retry_seconds()
     cap = 0.5
     while True:
         try:
             return fn()
-        except (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError):
+        except _connection_errors() as exc:
             wait = random.uniform(0, cap)
             if time.monotonic() + wait > deadline:
                 raise
+            if cap == 0.5:  # say so on the first failure: a wrong endpoint should not look like a hang
+                log.warning("cannot reach S3 at %s (%s); retrying for up to %g s (NSTRAY_S3_RETRY_SECONDS)",
+                            _endpoint() or "the AWS default endpoint", type(exc).__name__, _retry_seconds())
             time.sleep(wait)
             cap = min(cap * 2, 8.0)
 
 
+def _connection_errors() -> tuple[type[Exception], ...]:
+    """The botocore errors of an endpoint that cannot be reached (imported lazily: local-only use needs no boto)."""
+    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    return (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def _max_attempts() -> int:
-    """Attempts per S3 call (``NSTRAY_S3_MAX_ATTEMPTS``, default 10: with exponential backoff and jitter
-    capped at 20 s, about a minute of throttling or outage is ridden out before a record fails)."""
+    """botocore's tries per S3 call, the first included (``NSTRAY_S3_MAX_ATTEMPTS``, default 10: about a
+    minute of throttling is ridden out before a record fails; connection failures: see :func:`_s3_call`)."""
     return int(os.environ.get("NSTRAY_S3_MAX_ATTEMPTS", "10"))
 
 
@@ -134,8 +149,8 @@ def _client(pid: int, max_attempts: int, endpoint: str | None):  # noqa: ARG001 
 
 
 def s3_client():
-    """A boto3 S3 client (cached per process) with bounded adaptive retries (throttling, 503, connection errors)."""
-    return _client(os.getpid(), _max_attempts(), os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    """A boto3 S3 client (cached per process) with bounded adaptive retries (throttling, 503, 5xx)."""
+    return _client(os.getpid(), _max_attempts(), _endpoint())
 
 
 def _s3_error(action: str, uri: str, exc: Exception) -> StorageError:
@@ -153,7 +168,9 @@ def _s3_error(action: str, uri: str, exc: Exception) -> StorageError:
             "403": "access denied: check the credentials' permissions for this bucket",
         }.get(code, f"S3 error {code}")
     else:
-        hint = f"{type(exc).__name__}: {exc} (is the endpoint reachable? AWS_ENDPOINT_URL={os.environ.get('AWS_ENDPOINT_URL', '<unset>')})"
+        hint = f"{type(exc).__name__}: {exc} (is the endpoint reachable? AWS_ENDPOINT_URL={_endpoint() or '<unset>'})"
+        if isinstance(exc, _connection_errors()):
+            hint += f"; retried for {_retry_seconds():g} s (NSTRAY_S3_RETRY_SECONDS)"
     return StorageError(f"cannot {action} {uri}: {hint}")
 
 
@@ -296,7 +313,7 @@ def pyarrow_filesystem(uri: str | os.PathLike, *, with_credentials: bool = True)
     import boto3
 
     creds = boto3.session.Session().get_credentials() if with_credentials else None
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = _endpoint()
     kwargs: dict = {}
     if creds is not None:
         frozen = creds.get_frozen_credentials()

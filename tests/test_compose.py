@@ -69,14 +69,13 @@ def test_inside_distance_is_octagonal_not_square():
 def test_strength_zero_is_the_original_and_one_is_the_layer():
     lab = _labels()
     orig, sty = _image(0), _image(1)
-    masks = compose.soft_masks(lab, 3, 0)
     layers = sty[None]
-    out0 = compose.composite(orig, layers, masks, [0.0, 0.0, 0.0], [False] * 3, layer_of=[0, 0, 0])
+    out0 = compose.composite(orig, layers, lab, [0.0, 0.0, 0.0], [False] * 3, layer_of=[0, 0, 0])
     assert torch.equal(out0, orig)
-    out1 = compose.composite(orig, layers, masks, [1.0, 1.0, 1.0], [False] * 3, layer_of=[0, 0, 0])
+    out1 = compose.composite(orig, layers, lab, [1.0, 1.0, 1.0], [False] * 3, layer_of=[0, 0, 0])
     inside = lab >= 0
     assert torch.allclose(out1[:, inside], sty[:, inside]) and torch.equal(out1[:, ~inside], orig[:, ~inside])
-    half = compose.composite(orig, layers, masks, [0.5, 1.0, 0.0], [False] * 3, layer_of=[0, 0, 0])
+    half = compose.composite(orig, layers, lab, [0.5, 1.0, 0.0], [False] * 3, layer_of=[0, 0, 0])
     assert torch.allclose(half[:, lab == 0], (orig[:, lab == 0] + sty[:, lab == 0]) / 2, atol=1e-6)
     assert torch.equal(half[:, lab == 2], orig[:, lab == 2])
 
@@ -85,8 +84,7 @@ def test_outside_is_bit_identical_with_feathering_and_layers_map_to_parts():
     lab = _labels()
     orig = _image(0)
     layers = torch.stack([_image(1), _image(2)])
-    masks = compose.soft_masks(lab, 3, 4)
-    out = compose.composite(orig, layers, masks, [1.0, 1.0, 1.0], [False] * 3, layer_of=[1, 0, 1])
+    out = compose.composite(orig, layers, lab, [1.0, 1.0, 1.0], [False] * 3, layer_of=[1, 0, 1], feather_px=4)
     assert torch.equal(out[:, lab < 0], orig[:, lab < 0])
     deep = (compose.inside_distance(lab, 4) >= 4)
     assert torch.allclose(out[:, deep & (lab == 0)], layers[1][:, deep & (lab == 0)])
@@ -97,8 +95,7 @@ def test_preserve_color_keeps_chroma_takes_luminance():
     lab = _labels()
     orig = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4
     sty = torch.rand(3, H, W, generator=torch.Generator().manual_seed(1)) * 0.4 + 0.3
-    masks = compose.soft_masks(lab, 3, 0)
-    out = compose.composite(orig, sty[None], masks, [1.0] * 3, [True, False, True], layer_of=[0, 0, 0])
+    out = compose.composite(orig, sty[None], lab, [1.0] * 3, [True, False, True], layer_of=[0, 0, 0])
     yo, ys, yr = (compose.rgb_to_ycbcr(t) for t in (orig, sty, out))
     keep = (lab == 0) | (lab == 2)
     # mid-range values: no clamping, so the chroma is the original's and the luminance the stylized one
@@ -121,15 +118,16 @@ def test_ycbcr_round_trip_matches_pil():
 def test_bad_arguments_say_what_is_wrong():
     lab = _labels()
     orig = _image(0)
-    masks = compose.soft_masks(lab, 3, 0)
-    with pytest.raises(ValueError, match="strength needs one value per part"):
-        compose.composite(orig, orig[None], masks, [1.0], [False] * 3, layer_of=[0, 0, 0])
+    with pytest.raises(ValueError, match=r"preserve needs one value per part \(1, as strength\)"):
+        compose.composite(orig, orig[None], lab, [1.0], [False] * 3, layer_of=[0, 0, 0])
     with pytest.raises(ValueError, match=r"strength must lie in \[0, 1\]"):
-        compose.composite(orig, orig[None], masks, [1.0, 2.0, 1.0], [False] * 3, layer_of=[0, 0, 0])
+        compose.composite(orig, orig[None], lab, [1.0, 2.0, 1.0], [False] * 3, layer_of=[0, 0, 0])
     with pytest.raises(ValueError, match="layer_of must index the 1 layers"):
-        compose.composite(orig, orig[None], masks, [1.0] * 3, [False] * 3, layer_of=[0, 1, 0])
-    with pytest.raises(ValueError, match="masks must be"):
-        compose.composite(orig, orig[None], masks[:, :10], [1.0] * 3, [False] * 3)
+        compose.composite(orig, orig[None], lab, [1.0] * 3, [False] * 3, layer_of=[0, 1, 0])
+    with pytest.raises(ValueError, match="label_map must be"):
+        compose.composite(orig, orig[None], lab[:10], [1.0] * 3, [False] * 3, layer_of=[0, 0, 0])
+    with pytest.raises(ValueError, match="label 2 but only 2 parts"):
+        compose.composite(orig, orig[None], lab, [1.0] * 2, [False] * 2, layer_of=[0, 0])
     with pytest.raises(ValueError, match="feather_px must be >= 0"):
         compose.soft_masks(lab, 3, -1)
 
@@ -141,9 +139,22 @@ def test_overlay_tints_parts_only():
     assert torch.equal(over[:, lab < 0], orig[:, lab < 0]) and not torch.equal(over[:, lab == 0], orig[:, lab == 0])
 
 
+def _per_part_reference(original, layers, masks, strength, preserve, layer_of):
+    """The blend written the plain way, part by part over soft_masks' alphas: what composite must equal."""
+    acc, cover = torch.zeros_like(original), torch.zeros_like(original[0])
+    for k in range(masks.shape[0]):
+        alpha = masks[k] * torch.tensor(strength[k])
+        layer = layers[layer_of[k]]
+        if preserve[k]:
+            layer = compose.preserve_color(layer, original)
+        acc += alpha * layer
+        cover += alpha
+    return torch.where(cover > 0, original * (1.0 - cover) + acc, original)
+
+
 @pytest.mark.parametrize("feather", [0, 1, 3])
 @pytest.mark.parametrize("k", [0, 1, 7])
-def test_composite_by_labels_equals_composite_of_soft_masks_bit_for_bit(feather, k):
+def test_composite_equals_the_per_part_blend_over_soft_masks_bit_for_bit(feather, k):
     g = torch.Generator().manual_seed(k * 10 + feather)
     h, w = 37, 53
     blocks = torch.randint(-1, max(k, 1), (h // 4 + 1, w // 4 + 1), generator=g) if k else torch.full((10, 14), -1)
@@ -152,8 +163,7 @@ def test_composite_by_labels_equals_composite_of_soft_masks_bit_for_bit(feather,
     strength = [float(s) for s in torch.rand(k, generator=g)]
     preserve = [i % 2 == 0 for i in range(k)]
     layer_of = [i % 2 for i in range(k)]
-    expected = compose.composite(original, layers, compose.soft_masks(labels, k, feather), strength, preserve, layer_of)
-    got = compose.composite_labels(original, layers, labels, strength, preserve, layer_of, feather)
+    expected = _per_part_reference(original, layers, compose.soft_masks(labels, k, feather), strength, preserve,
+                                   layer_of)
+    got = compose.composite(original, layers, labels, strength, preserve, layer_of, feather_px=feather)
     assert torch.equal(got, expected)
-    with pytest.raises(ValueError, match="layer_of"):
-        compose.composite_labels(original, layers, labels, [0.5], [False], [5], feather)

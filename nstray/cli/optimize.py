@@ -318,14 +318,13 @@ def optimize(
     if recorder is not None:
         recorder.add(final)  # the end state (callbacks show the image each loss was taken at)
     if per_part and not no_composite and reconstruct is None:
-        from nstray.compose import composite, soft_masks
+        from nstray.compose import composite
 
         lm = torch.from_numpy(np.where(label < 0, len(info) - 1, label).astype(np.int64))
         if size != (h, w):
             lm = F.interpolate(lm[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        alphas = soft_masks(lm, len(info), feather)
-        final = composite(content_t, final[None], alphas, [s for _, s, _ in info], [p for _, _, p in info],
-                          layer_of=[0] * len(info))
+        final = composite(content_t, final[None], lm, [s for _, s, _ in info], [p for _, _, p in info],
+                          layer_of=[0] * len(info), feather_px=feather)
 
     try:
         storage.write_bytes(out, _encode_image(to_uint8(final), out))

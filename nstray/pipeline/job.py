@@ -420,12 +420,13 @@ def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, r
     """errors.parquet, annotations.json, contact_sheet.png: each rewritten only when what it shows changed."""
 
     out = cfg.output
-    removed = storage.remove_partials(out)  # left by writers killed mid-write (actors, an earlier driver)
-    if removed:
-        log.info("removed %d unfinished temporary file(s) under %s", removed, out)
-    merged = outputs.compact_manifest(out, summary.run_id)
-    if merged:
-        summary.written.append(merged)
+    if summary.placement is not None:  # this run wrote outputs: no writer of it is left running now
+        removed = storage.remove_partials(out)  # of writers killed mid-write (actors, an earlier driver)
+        if removed:
+            log.info("removed %d unfinished temporary file(s) under %s", removed, out)
+        merged = outputs.compact_manifest(out, summary.run_id)
+        if merged:
+            summary.written.append(merged)
     state = outputs.read_state(out)
     new_state = dict(state)
     paths = {

@@ -165,8 +165,6 @@ def compact_manifest(output: str, run_id: str, max_parts: int = 16) -> str | Non
     The merged part holds the latest row per output and is named to sort after every part it replaces,
     so a crash between writing it and deleting the old parts leaves a manifest that reads the same.
     """
-    import pyarrow.parquet  # noqa: F401 - fail here, not half-way, if pyarrow is missing
-
     folder = storage.join(output, MANIFEST_DIR)
     parts = sorted(u for u in storage.list_files(folder) if u.endswith(".parquet"))
     if len(parts) <= max_parts:

@@ -133,6 +133,13 @@ PREPARED_COLUMNS = ("image_id", "file_name", "uri", "height", "width", "pixels",
                     "labels_dtype", "categories", "stage", "error", "prepare_s")
 
 
+def _check_size(image: np.ndarray, height: int, width: int) -> None:
+    """Raise when the decoded pixels are not the size the annotations declare (masks would not fit)."""
+    if image.shape[:2] != (height, width):
+        raise ValueError(f"declared size {width}x{height} differs from the file's {image.shape[1]}x{image.shape[0]}; "
+                         "fix: correct width/height in the images entry")
+
+
 def _keep_jpeg(data: bytes, rec: Any, max_pixels: int) -> bool:
     """Whether a file goes to the stylizer still compressed (``opts.device_codec``): a JPEG whose header
     is sound, within the pixel limit, of its declared size and RGB/grayscale. Anything else is decoded
@@ -177,9 +184,7 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
                 pixels, encoding = data, "jpeg"
             else:
                 image = decode_image(data, name=rec.file_name, max_pixels=opts.max_pixels)
-                if image.shape[:2] != (rec.height, rec.width):
-                    raise ValueError(f"declared size {rec.width}x{rec.height} differs from the file's "
-                                     f"{image.shape[1]}x{image.shape[0]}; fix: correct width/height in the images entry")
+                _check_size(image, rec.height, rec.width)
                 pixels = image.tobytes()
             stage = "masks"
             lm = masks.label_map(rec.parts, rec.height, rec.width, order)
@@ -258,10 +263,11 @@ def _host_images(batch: Batch, device: Any) -> list[np.ndarray | BaseException |
                 except Exception as exc:  # noqa: BLE001
                     decoded.append(exc)
     for i, image in zip(encoded, decoded):
-        h, w = int(batch["height"][i]), int(batch["width"][i])
-        if isinstance(image, np.ndarray) and image.shape[:2] != (h, w):
-            image = ValueError(f"declared size {w}x{h} differs from the file's {image.shape[1]}x{image.shape[0]}; "
-                               "fix: correct width/height in the images entry")
+        if isinstance(image, np.ndarray):
+            try:
+                _check_size(image, int(batch["height"][i]), int(batch["width"][i]))
+            except ValueError as exc:
+                image = exc
         out[i] = image
     return out
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nstray.models.vgg import DEFAULT_WEIGHTS, VGGEncoder, vgg_encoder
+from nstray.plots import LOSS_TERMS
 from nstray.stylize.losses import ContentLoss, GuidedStyleLoss, StyleLoss, TotalVariationLoss, resize_masks
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
 # Gatys et al. name Caffe blobs, whose ReLUs run in place: their "conv4_2" is our relu4_2.
 DEFAULT_CONTENT_LAYERS: dict[str, float] = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS: dict[str, float] = {f"relu{i}_1": 1.0 for i in range(1, 6)}
-LOSS_TERMS = ("content", "style", "tv", "total")
 MIN_LEVEL_SIDE = 32
 
 StyleBlend = Sequence[tuple[Tensor, float]]

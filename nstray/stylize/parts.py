@@ -17,8 +17,8 @@ images once (read through :mod:`nstray.storage`, so ``s3://`` works), and then s
    a size ladder (32, 48, 64, 96, 128, 192, ...) by taking *more context* from the image, not by
    padding, so similar crops (all the wheels, all the lights) share one batch, and a crop's
    result never depends on what else is in the batch (reruns are reproducible);
-4. :func:`nstray.compose.composite` blends the layers into the original by soft masks with
-   each part's strength and colour preservation. Pixels outside every styled part are the
+4. :func:`nstray.compose.composite` blends the layers into the original by the region map with
+   each part's feathered strength and colour preservation. Pixels outside every styled part are the
    input's bytes, untouched.
 
 Nothing here knows Ray; the pipeline wraps this class in an actor.
@@ -456,7 +456,7 @@ class PartStylizer:
         layer_of = [names.index("crops" if r.label in work.crops else r.kind) for r in work.regions]
         region_map = torch.from_numpy(work.region_map).to(self.device)
         source = torch.tensor(work.original, device=self.device)  # a copy: the input may be a read-only buffer
-        out = compose.composite_labels(
+        out = compose.composite(
             source.permute(2, 0, 1).float() / 255.0, layers, region_map,
             strength=[r.spec.strength for r in work.regions],
             preserve=[r.spec.preserve_color for r in work.regions],
