@@ -24,6 +24,8 @@ from typing import Any
 from nstray import storage
 from nstray.config import JobConfig, ResourcesConfig, load_config
 from nstray.pipeline import outputs
+from nstray.pipeline.lease import acquire as acquire_lease
+from nstray.pipeline.safety import check_output, job_inputs
 from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
 
@@ -181,6 +183,9 @@ class JobSummary:
     outputs: int = 0
     done: int = 0
     skipped: int = 0
+    redone: int = 0  # outputs the manifest recorded as done but found missing or damaged
+    removed: int = 0  # superseded output files removed (e.g. the old extension after a format change)
+    unexpected: int = 0  # files under images/ that are not outputs of this job (left in place)
     failed: int = 0
     error_rows: int = 0
     seconds: float = 0.0
@@ -201,7 +206,7 @@ class JobSummary:
 
 # manifest columns the driver keeps per output (resume, errors, COCO out); models and timings stay on disk
 _KEPT = ("image_id", "variant", "source_file", "output_key", "width", "height", "styles", "seed", "fingerprint",
-         "status", "stage", "error")
+         "status", "stage", "error", "size", "sha256")
 
 ProgressFn = Callable[[int, int, int], None]  # (done, failed, total)
 
@@ -283,19 +288,55 @@ def run_job(
     on_progress: ProgressFn | None = None,
     notify: Callable[[str], None] | None = None,
     ray_progress_bars: bool = False,
+    verify: bool = False,
 ) -> JobSummary:
     """Run (or resume) a dataset job; returns what it did.
 
-    Connects to Ray (``address``, else ``RAY_ADDRESS``, else a new local cluster) only when there is
-    work: a rerun of a finished job reads the manifest, finds nothing to do, and writes nothing.
+    Before any work: the output must not overlap an input (:mod:`nstray.pipeline.safety`), and the job
+    takes the output's lease (:mod:`nstray.pipeline.lease`: one job per output). Outputs the manifest records
+    as done are checked against one listing of the output (missing or resized objects are redone; with
+    ``verify`` every checksum is re-read too). Connects to Ray (``address``, else ``RAY_ADDRESS``, else a new
+    local cluster) only when there is work: a rerun of a finished job finds nothing to do and writes nothing.
     """
+    cfg = load_config(config)
+    check_output(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan))
+    run_id = outputs.new_run_id()
+    with acquire_lease(cfg.output, run_id):
+        return _run_locked(cfg, run_id, address=address, on_progress=on_progress, notify=notify,
+                           ray_progress_bars=ray_progress_bars, verify=verify)
+
+
+def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
+                  say: Callable[[str], None]) -> tuple[dict, dict, dict[str, int], int]:
+    """``(latest row per output, done rows still valid, output listing, how many were found bad)``."""
+    out = cfg.output
+    previous = outputs.read_manifest(out).select(list(_KEPT)).to_pylist()
+    latest: dict[tuple[int, int], dict] = {(int(r["image_id"]), int(r["variant"])): r for r in previous}
+    done_rows = {k: r for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint
+                 and k[0] in by_id and k[1] < cfg.variants}
+    sizes = outputs.output_sizes(out)
+    bad = outputs.check_outputs(out, done_rows, sizes, deep=verify) if done_rows else {}
+    if bad:
+        reasons = Counter(why if why == "missing" or "checksum" in why else "size differs" for why in bad.values())
+        shown = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+        example = next(iter(sorted(bad)))
+        say(f"{len(bad)} output(s) the manifest records as done are not there as recorded ({shown}; e.g. "
+            f"{done_rows[example]['output_key']}: {bad[example]}): redoing them")
+        for k in bad:
+            del done_rows[k]
+    elif verify and done_rows:
+        say(f"verified {len(done_rows)} done output(s): every checksum matches the manifest")
+    return latest, done_rows, sizes, len(bad)
+
+
+def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress: ProgressFn | None,
+                notify: Callable[[str], None] | None, ray_progress_bars: bool, verify: bool) -> JobSummary:
+    """:func:`run_job` once the output's lease is held."""
     from nstray.data.coco import load_coco, read_records
 
     say = notify or log.info
     t_start = time.perf_counter()
-    cfg = load_config(config)
     out = cfg.output
-    run_id = outputs.new_run_id()
     summary = JobSummary(output=out, run_id=run_id)
 
     coco = load_coco(cfg.input.annotations)
@@ -309,10 +350,8 @@ def run_job(
     summary.outputs = len(records) * cfg.variants
 
     fingerprint = cfg.fingerprint()
-    previous = outputs.read_manifest(out).select(list(_KEPT)).to_pylist()
-    latest: dict[tuple[int, int], dict] = {(int(r["image_id"]), int(r["variant"])): r for r in previous}
-    done = {k for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint}
-    work = plan_work([r.image_id for r in records], done, cfg.variants)
+    latest, done_rows, sizes, summary.redone = _resume_state(cfg, by_id, fingerprint, verify, say)
+    work = plan_work([r.image_id for r in records], set(done_rows), cfg.variants)
     summary.skipped = work.skipped
 
     writer = outputs.ManifestWriter(out, run_id, previous={k: (r["status"], r["stage"], r["error"])
@@ -342,6 +381,7 @@ def run_job(
             overlaps=plan.overlaps if isinstance(plan.overlaps, str) else tuple(plan.overlaps),
             seed=cfg.seed, fingerprint=fingerprint, variants=work.default, exceptions=work.exceptions,
             device_codec=cfg.resources.device_codec(placement.gpus_per_actor, cpus / gpus if gpus else float("inf")),
+            images_root=cfg.input.images,
         )
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
@@ -367,7 +407,9 @@ def run_job(
 
     for row in writer.rows:
         latest[(int(row["image_id"]), int(row["variant"]))] = row
-    _finalize(cfg, coco, records, by_id, record_errors, latest, writer, fingerprint, summary)
+    _finalize(cfg, coco, records, by_id, record_errors, latest, writer, fingerprint, summary,
+              compact=writer.superseded > 0)
+    _tidy_outputs(cfg, latest, fingerprint, sizes, summary, say)
     summary.seconds = time.perf_counter() - t_start
     if work.pending:  # a run with nothing to do writes nothing, not even a report
         summary.report = stats.report(run_id=run_id, output=out, pipeline_seconds=summary.pipeline_seconds,
@@ -378,6 +420,29 @@ def run_job(
         summary.paths["report"] = uri
         summary.written.append(uri)
     return summary
+
+
+def _tidy_outputs(cfg: JobConfig, latest: dict[tuple[int, int], dict], fingerprint: str, sizes: dict[str, int],
+                  summary: JobSummary, say: Callable[[str], None]) -> None:
+    """Remove the files that outputs done under a new key left behind (another extension after a format
+    change); report, without touching them, files of variants or images this job no longer makes."""
+    done = {k: r for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint}
+    superseded, other = outputs.stale_outputs(sizes, done)
+    for key in superseded:
+        storage.delete(storage.join(cfg.output, key))
+    summary.removed = len(superseded)
+    summary.unexpected = len(other)
+    if superseded:
+        say(f"removed {len(superseded)} superseded output file(s) (e.g. {superseded[0]}: that output is now "
+            f"{done[_variant_key(superseded[0])]['output_key']})")
+    if other:
+        say(f"{len(other)} file(s) under {storage.join(cfg.output, 'images')} are not outputs of this job "
+            f"(e.g. {other[0]}: a variant or image it no longer makes, or not written by nstray); left in place")
+
+
+def _variant_key(key: str) -> tuple[int, int]:
+    parts = key.split("/")
+    return int(parts[1]), int(parts[2].split(".")[0])
 
 
 def _flush_seconds() -> float:
@@ -416,7 +481,7 @@ def _actor_restarts(since_ms: int) -> int | None:
 
 def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, record_errors: Sequence[Any],
               latest: dict[tuple[int, int], dict], writer: outputs.ManifestWriter, fingerprint: str,
-              summary: JobSummary) -> None:
+              summary: JobSummary, *, compact: bool = False) -> None:
     """errors.parquet, annotations.json, contact_sheet.png: each rewritten only when what it shows changed."""
 
     out = cfg.output
@@ -424,7 +489,7 @@ def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, r
         removed = storage.remove_partials(out)  # of writers killed mid-write (actors, an earlier driver)
         if removed:
             log.info("removed %d unfinished temporary file(s) under %s", removed, out)
-        merged = outputs.compact_manifest(out, summary.run_id)
+        merged = outputs.compact_manifest(out, summary.run_id, force=compact)
         if merged:
             summary.written.append(merged)
     state = outputs.read_state(out)
