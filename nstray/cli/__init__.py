@@ -1,7 +1,16 @@
 """The one ``nstray`` command. Each subcommand group lives in its own module;
-heavy imports (torch, ray) happen inside command bodies so ``nstray --help`` is instant."""
+heavy imports (torch, ray) happen inside command bodies so ``nstray --help`` is instant.
+
+Every nstray user error (a bad config, plan, dataset, image, weights file, an unreachable
+store ...) that a command does not handle itself ends here as one ``Error: <message>`` line
+on stderr and exit code 1; ``nstray --verbose CMD`` shows the traceback instead. Any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import click
 
@@ -13,10 +22,54 @@ from nstray.cli.styling import styles, stylize
 from nstray.cli.train import train_style
 from nstray.cli.weights import weights
 
+__all__ = ["main", "USER_ERRORS", "is_user_error"]
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("nstray.config", "ConfigError"),
+    ("nstray.plan", "PlanError"),
+    ("nstray.data.coco", "DatasetError"),
+    ("nstray.data.images", "ImageDecodeError"),
+    ("nstray.storage", "StorageError"),
+    ("nstray.masks", "MaskError"),
+    ("nstray.weights", "WeightsNotFound"),
+    ("nstray.weights", "WeightsChecksumError"),
+    ("nstray.weights", "WeightsLoadError"),
+    ("nstray.stylize.parts", "StylizeError"),
+    ("nstray.stylize.feedforward", "FeedforwardError"),
+    ("nstray.train.ray_trainer", "TrainConfigError"),
+    ("nstray.train.ray_trainer", "TrainingError"),
+    ("nstray.train.data", "TrainDataError"),
+)
+"""``(module, class)`` of the exceptions that mean "the input is wrong", each raised with a message naming
+the file or field and the fix. Named, not imported: a class whose module was never imported cannot have
+been raised, so the check costs no import (``nstray --help`` stays free of torch)."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True when ``exc`` is one of :data:`USER_ERRORS` (a bad input, not a bug)."""
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
+
+
+class _Main(click.Group):
+    """The top-level group: turns user errors into ``Error: ...`` (exit 1) unless ``--verbose``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if ctx.params.get("verbose") or isinstance(exc, click.exceptions.ClickException) or not is_user_error(exc):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nstray")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="Show the full traceback of errors (for bug reports).")
+def main(verbose: bool) -> None:
     """nstray: style every annotated vehicle part with its own style, at dataset scale."""
 
 

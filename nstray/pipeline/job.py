@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nstray import storage
-from nstray.config import JobConfig, ResourcesConfig, load_config
+from nstray.config import ConfigError, JobConfig, ResourcesConfig, load_config
 from nstray.pipeline import outputs
 from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
+from nstray.preflight import check_plan_assets
 
 __all__ = ["Placement", "place", "Work", "plan_work", "ensure_index", "JobSummary", "run_job", "INDEX_DIR"]
 
@@ -52,10 +53,12 @@ class Placement:
     notes: tuple[str, ...] = ()
 
 
-def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) -> Placement:
+def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float, *, local: bool = False) -> Placement:
     """Fit the configured actor pool to the cluster's CPUs/GPUs so the job runs instead of waiting forever.
 
-    - ``gpus_per_actor > 0`` but no GPU in the cluster: CPU actors (when ``cpu_fallback``).
+    - ``gpus_per_actor > 0`` but no GPU in the cluster: CPU actors (when ``cpu_fallback``); without
+      ``cpu_fallback``, on a ``local`` cluster (started by this process, so no GPU node will ever join)
+      a :class:`ConfigError` instead of a wait that never ends.
     - fewer GPUs than the pool needs: the pool starts with what fits and may grow to ``actors``.
     - one CPU stays free for reading the index (and the CPU stages when not fused); actors share the
       rest (logical CPUs shrink, down to 0.25 each, then the pool shrinks).
@@ -66,6 +69,12 @@ def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) 
         notes.append("the cluster has no GPU: the stylizer actors run on CPU "
                      "(set resources.cpu_fallback: false to wait for GPU nodes instead)")
         gpus = 0.0
+    if gpus > 0 and cluster_gpus <= 0 and local:
+        raise ConfigError(
+            f"resources.gpus_per_actor is {gpus:g} and resources.cpu_fallback is false, but the local Ray cluster "
+            "nstray started has no GPU: the job would wait forever for one. Fix: set resources.cpu_fallback: true "
+            "(run on CPU) or gpus_per_actor: 0, or run on a cluster with GPUs (--address / RAY_ADDRESS)"
+        )
     fused = resources.fused(gpus)
     actors = resources.actors
     if actors == "auto":
@@ -301,6 +310,7 @@ def run_job(
     coco = load_coco(cfg.input.annotations)
     categories = sorted({c["name"] for c in coco.get("categories", [])})
     plan = cfg.load_plan(categories=categories)  # part names must be the dataset's categories
+    check_plan_assets(plan, max_pixels=cfg.limits.max_pixels)  # style images and weights load, before Ray starts
     records, record_errors = read_records(coco, cfg.input.images, check_files=False,
                                           max_pixels=cfg.limits.max_pixels, source=cfg.input.annotations)
     by_id = {r.image_id: r for r in records}
@@ -325,10 +335,12 @@ def run_job(
         import ray
         import ray.data
 
-        if not ray.is_initialized():
+        local = not ray.is_initialized()
+        if local:
             ray.init(address=address)
+            local = bool(getattr(ray._private.worker._global_node, "head", False))  # a new cluster, not a connection
         cpus, gpus = _cluster_resources()
-        placement = place(cfg.resources, cpus, gpus)
+        placement = place(cfg.resources, cpus, gpus, local=local)
         summary.placement = asdict(placement)
         for note in placement.notes:
             say(note)

@@ -152,11 +152,11 @@ def read_checkpoint(ref: str | Path) -> dict[str, Any]:
             source: Any = io.BytesIO(data)
         else:
             source = weights.resolve(text)
-        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+        ckpt = weights.load_checkpoint(source, f"feed-forward weights {text}")
     except (storage.StorageError, weights.WeightsNotFound) as exc:
         raise FeedforwardError(f"cannot read feed-forward weights {text}: {exc}") from None
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise FeedforwardError(f"feed-forward weights {text}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+    except (weights.WeightsChecksumError, weights.WeightsLoadError) as exc:
+        raise FeedforwardError(str(exc)) from None
     if not isinstance(ckpt, dict):
         raise FeedforwardError(f"feed-forward weights {text}: expected a checkpoint dict, got {type(ckpt).__name__}")
     if ckpt.get("format") != FORMAT:

@@ -96,7 +96,10 @@ class _Work:
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """``cuda`` (or ``cuda:N``) when asked for and available; otherwise the CPU, with a warning if CUDA was asked for."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise StylizeError(f"unsupported device {str(device)!r}; valid: cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         warnings.warn(f"device {str(device)!r} requested but CUDA is not available; running on the CPU", RuntimeWarning,
                       stacklevel=3)
@@ -152,6 +155,7 @@ class PartStylizer:
     ``max_batch_pixels``: pixels per forward pass (batch × H × W), bounding memory.
     ``edge_band_px``: how far a part's style extends past its edge in the multi-style pass (None:
     everywhere); see :meth:`_style_maps`.
+    ``max_style_pixels``: the pixel limit for style images (checked from the header, before decoding).
     """
 
     def __init__(
@@ -163,8 +167,10 @@ class PartStylizer:
         context: float = 0.25,
         max_batch_pixels: int = 8_000_000,
         edge_band_px: int | None = 16,
+        max_style_pixels: int = 50_000_000,
     ) -> None:
         self.plan = plan
+        self.max_style_pixels = int(max_style_pixels)
         self.device = resolve_device(device)
         self.max_work_side = int(max_work_side)
         self.context = float(context)
@@ -216,7 +222,7 @@ class PartStylizer:
 
         vectors, weights = [], []
         for uri, weight in spec.images().items():
-            img = torch.tensor(load_style_image(uri), device=self.device).permute(2, 0, 1)[None].float() / 255.0
+            img = torch.tensor(load_style_image(uri, max_pixels=self.max_style_pixels), device=self.device).permute(2, 0, 1)[None].float() / 255.0
             vectors.append(predictor(prepare_style_image(img, spec.style_size))[0])
             weights.append(weight)
         return blend(vectors, weights)

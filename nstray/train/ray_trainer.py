@@ -225,10 +225,12 @@ def latest_checkpoint(run_uri: str) -> tuple[int, str] | None:
 
 
 def _load_state(data: bytes | str | Path, label: str) -> dict[str, Any]:
+    from nstray.weights import WeightsLoadError, load_checkpoint
+
     try:
-        state = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot load the training state {label}: {type(exc).__name__}: {exc}") from None
+        state = load_checkpoint(io.BytesIO(data) if isinstance(data, bytes) else data, f"the training state {label}")
+    except WeightsLoadError as exc:
+        raise TrainingError(str(exc)) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainingError(f"{label} is not an nstray training state")
     return state

@@ -1,0 +1,68 @@
+"""Option checks shared by the commands: devices, image outputs named by their format, outputs that
+would overwrite an input. Torch-free (they run before any model loads), each failing with the option's name."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import click
+
+__all__ = ["DEVICE_HELP", "check_device", "image_output", "png_output", "refuse_overwrite"]
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+DEVICE_HELP = "cpu, cuda or cuda:N"
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``cpu``, ``cuda`` or ``cuda:N`` (None passes: the command's default applies)."""
+    if value is not None and not _DEVICE.match(value.strip()):
+        raise click.BadParameter(f"{value!r} is not a device; valid: {DEVICE_HELP}")
+    return value.strip() if value is not None else None
+
+
+def image_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: an image output whose extension names a format nstray writes (.png, .jpg, .webp ...)."""
+    if value is not None:
+        from nstray.data.images import output_format
+
+        try:
+            output_format(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def png_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: an output that is always a PNG (plots) must be named ``.png``."""
+    if value is not None and Path(value).suffix.lower() != ".png":
+        raise click.BadParameter(f"{value}: this output is a PNG image; name it ….png")
+    return value
+
+
+def _same(a: str, b: str) -> bool:
+    """True when two URIs name one file: local paths after resolving symlinks, S3 URIs as written."""
+    from nstray import storage
+
+    if storage.is_s3(a) or storage.is_s3(b):
+        return storage.is_s3(a) and storage.is_s3(b) and storage.parse(a) == storage.parse(b)
+    pa, pb = Path(storage.parse(a).path).expanduser(), Path(storage.parse(b).path).expanduser()
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+def refuse_overwrite(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:
+    """Refuse (a usage error naming both options) an output that is one of the inputs, or two outputs on one file."""
+    outs = [(k, v) for k, v in outputs.items() if v]
+    for name, out in outs:
+        for in_name, uri in inputs.items():
+            if uri and _same(out, uri):
+                raise click.UsageError(f"{name} {out} is the input {in_name} {uri}: nstray never overwrites its "
+                                       f"inputs; write the result elsewhere")
+    for i, (name, out) in enumerate(outs):
+        for other, uri in outs[i + 1:]:
+            if _same(out, uri):
+                raise click.UsageError(f"{name} and {other} are the same file ({out}); give each its own name")
