@@ -64,9 +64,12 @@ def _load_failure(exc: BaseException) -> str:
     turn ``weights_only`` off: that would run whatever code the file carries)."""
     text = str(exc)
     if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        blocked = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln.split(":")[0].lower()), None)
+        if blocked:
+            return f"it holds Python objects besides tensors, which nstray refuses to load (they could run code): {blocked[:160].rstrip('.')}"
         detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0].strip() if "WeightsUnpickler error:" in text else ""
-        return ("it holds Python objects besides tensors, which nstray refuses to load (loading them could run code)"
-                + (f": {detail[:120]}" if detail else ""))
+        return f"it is not a file written by torch.save (unreadable pickle data{': ' + detail[:120] if detail else ''})"
     if "central directory" in text or "zip archive" in text:
         return "the file is truncated or corrupt (its zip archive is incomplete)"
     if isinstance(exc, EOFError) or not text:

@@ -9,12 +9,12 @@ exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from nstray import __version__
+from nstray.cli.common import USER_ERRORS, is_user_error
 from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
@@ -23,35 +23,6 @@ from nstray.cli.train import train_style
 from nstray.cli.weights import weights
 
 __all__ = ["main", "USER_ERRORS", "is_user_error"]
-
-USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("nstray.config", "ConfigError"),
-    ("nstray.plan", "PlanError"),
-    ("nstray.data.coco", "DatasetError"),
-    ("nstray.data.images", "ImageDecodeError"),
-    ("nstray.storage", "StorageError"),
-    ("nstray.masks", "MaskError"),
-    ("nstray.weights", "WeightsNotFound"),
-    ("nstray.weights", "WeightsChecksumError"),
-    ("nstray.weights", "WeightsLoadError"),
-    ("nstray.stylize.parts", "StylizeError"),
-    ("nstray.stylize.feedforward", "FeedforwardError"),
-    ("nstray.train.ray_trainer", "TrainConfigError"),
-    ("nstray.train.ray_trainer", "TrainingError"),
-    ("nstray.train.data", "TrainDataError"),
-)
-"""``(module, class)`` of the exceptions that mean "the input is wrong", each raised with a message naming
-the file or field and the fix. Named, not imported: a class whose module was never imported cannot have
-been raised, so the check costs no import (``nstray --help`` stays free of torch)."""
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """True when ``exc`` is one of :data:`USER_ERRORS` (a bad input, not a bug)."""
-    for module, name in USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return True
-    return False
 
 
 class _Main(click.Group):

@@ -5,12 +5,43 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import click
 
-__all__ = ["DEVICE_HELP", "check_device", "image_output", "png_output", "refuse_overwrite"]
+__all__ = ["USER_ERRORS", "is_user_error", "DEVICE_HELP", "check_device", "image_output", "png_output", "refuse_overwrite"]
+
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("nstray.config", "ConfigError"),
+    ("nstray.plan", "PlanError"),
+    ("nstray.data.coco", "DatasetError"),
+    ("nstray.data.images", "ImageDecodeError"),
+    ("nstray.storage", "StorageError"),
+    ("nstray.masks", "MaskError"),
+    ("nstray.weights", "WeightsNotFound"),
+    ("nstray.weights", "WeightsChecksumError"),
+    ("nstray.weights", "WeightsLoadError"),
+    ("nstray.stylize.parts", "StylizeError"),
+    ("nstray.stylize.feedforward", "FeedforwardError"),
+    ("nstray.train.ray_trainer", "TrainConfigError"),
+    ("nstray.train.ray_trainer", "TrainingError"),
+    ("nstray.train.data", "TrainDataError"),
+)
+"""``(module, class)`` of the exceptions that mean "the input is wrong", each raised with a message naming
+the file or field and the fix. Named, not imported: a class whose module was never imported cannot have
+been raised, so the check costs no import (``nstray --help`` stays free of torch)."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True when ``exc`` is one of :data:`USER_ERRORS` (a bad input, not a bug)."""
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
+
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 DEVICE_HELP = "cpu, cuda or cuda:N"

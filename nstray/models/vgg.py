@@ -176,7 +176,8 @@ def vgg_encoder(
         try:
             missing, unexpected = features.load_state_dict(picked, strict=False)
         except RuntimeError as exc:  # size mismatch: another architecture's weights
-            raise ValueError(f"VGG weights {label} do not fit {arch}: {exc}") from None
+            first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+            raise ValueError(f"VGG weights {label} do not fit {arch} ({first.rstrip('.')})") from None
         if missing:
             raise ValueError(
                 f"VGG weights {label} lack {len(missing)} tensor(s) {arch} needs up to "
