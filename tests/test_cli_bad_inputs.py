@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,7 @@ def ws(tmp_path_factory) -> Path:
     masks[5:30, 5:40] = 1
     Image.fromarray(masks, mode="L").save(w / "masks.png")
     Image.fromarray(masks[:32, :32], mode="L").save(w / "masks32.png")
+    Image.fromarray(np.ones((1, 1), np.uint8), mode="L").save(w / "masks1.png")
 
     def plan(name: str, style: dict) -> None:
         (w / name).write_text(json.dumps({"styles": {"s": style}, "parts": {"hood": {"style": "s"}}}))
@@ -147,8 +150,8 @@ CASES = [
          finding="4"),
     Case("stylize-image-not-an-image", "stylize {w}/notimg.png --plan {w}/plan.yaml --masks {w}/masks.png "
          "--categories hood --out {w}/o.png", ["notimg.png", "not an image"]),
-    Case("stylize-1x1-image", "stylize {w}/one.png --plan {w}/plan.yaml --masks {w}/masks.png --categories hood "
-         "--out {w}/o.png", ["one.png", "1x1", "at least 8 px"], finding="4"),
+    Case("stylize-1x1-image", "stylize {w}/one.png --plan {w}/plan.yaml --masks {w}/masks1.png --categories hood "
+         "--out {w}/o.png", ["one.png", "1x1", "at least 8 px"]),
     Case("stylize-style-image-missing", "stylize {w}/car.png --plan {w}/plan_missing_style.yaml --masks {w}/masks.png "
          "--categories hood --out {w}/o.png", ["styles.s.image", "no_such_style.jpg"], finding="4"),
     Case("stylize-style-image-not-an-image", "stylize {w}/car.png --plan {w}/plan_notimg_style.yaml "
@@ -166,12 +169,12 @@ CASES = [
          finding="6"),
     Case("stylize-preview-unknown-extension", STYLIZE + " --out {w}/o.png --preview {w}/p.txt", ["--preview", "p.txt"],
          code=2, finding="6"),
-    Case("stylize-out-is-the-input", STYLIZE + " --out {w}/car.png", ["--out", "car.png", "IMAGE"], code=2,
-         finding="6", after=lambda w: Image.open(w / "car.png").size == (48, 40)),
-    Case("stylize-out-is-the-masks", STYLIZE + " --out {w}/masks.png", ["--out", "--masks"], code=2, finding="6"),
     Case("stylize-max-side-negative", STYLIZE + " --out {w}/o.png --max-side -10", ["--max-side", "-10"], code=2,
          finding="6"),
     Case("stylize-max-side-zero", STYLIZE + " --out {w}/o.png --max-side 0", ["--max-side"], code=2, finding="6"),
+    Case("stylize-out-is-the-input", STYLIZE + " --out {w}/car.png", ["--out", "car.png", "IMAGE"], code=2,
+         finding="6", after=lambda w: Image.open(w / "car.png").size == (48, 40)),
+    Case("stylize-out-is-the-masks", STYLIZE + " --out {w}/masks.png", ["--out", "--masks"], code=2, finding="6"),
     # styles list / sheet
     Case("styles-list-extra-argument", "styles list extra", ["extra"], code=2),
     Case("styles-sheet-1x1-image", "styles sheet {w}/one.png --out {w}/sheet.png", ["one.png", "1x1"], finding="4"),
@@ -240,6 +243,7 @@ CASES = [
 ]
 
 RESULTS: list[tuple[Case, int, str]] = []
+_WS: list[Path] = []  # the workspace folder, left out of the table's messages
 
 
 def _invoke(case: Case, w: Path) -> tuple[int, str]:
@@ -311,11 +315,15 @@ def test_a_local_cluster_without_gpu_refuses_a_gpu_job_without_fallback(ws: Path
     cfg["resources"] = {"actors": 1, "gpus_per_actor": 1, "cpu_fallback": False, "cpus_per_actor": 1}
     cfg["output"] = str(ws / "gpu_out")
     (ws / "job_gpu.yaml").write_text(json.dumps(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    # a temp dir of its own: `ray.init()` would otherwise join a cluster another process started with `ray start`
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-m", "nstray.cli", "run", str(ws / "job_gpu.yaml"), "--no-progress"],
                        capture_output=True, text=True, env=env, timeout=180, cwd=ws)
     out = p.stdout + p.stderr
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "Connecting to existing Ray cluster" not in out, out
     assert p.returncode == 1 and NO_TRACEBACK not in out, out
     assert "cpu_fallback" in out and "no GPU" in out, out
 
@@ -343,4 +351,13 @@ def _write_table():
     Path(target).write_text("\n".join(rows) + "\n")
 
 
-_WS: list[Path] = []
+def test_place_refuses_a_gpu_pool_only_on_a_local_cluster_without_gpu():
+    """The placement rule behind the GPU case: only a cluster nstray started itself cannot gain a GPU later."""
+    from nstray.config import ConfigError, ResourcesConfig
+    from nstray.pipeline.job import place
+
+    strict = ResourcesConfig(actors=2, gpus_per_actor=1, cpu_fallback=False)
+    with pytest.raises(ConfigError, match="cpu_fallback"):
+        place(strict, cluster_cpus=8, cluster_gpus=0, local=True)
+    assert place(strict, cluster_cpus=8, cluster_gpus=0).gpus_per_actor == 1  # a remote cluster may autoscale GPUs
+    assert place(strict, cluster_cpus=8, cluster_gpus=2, local=True).gpus_per_actor == 1

@@ -61,13 +61,13 @@ def _auto_levels(height: int, width: int) -> int:
     return 1 if side <= 512 else 1 + math.ceil(math.log2(side / 512))
 
 
-def _read_image(uri: str, what: str):
+def _read_image(uri: str, what: str, max_pixels: int | None = None):
     """``uint8[H, W, 3]`` from a path or ``s3://`` URI; errors become one clear CLI message."""
     from nstray import storage
-    from nstray.data.images import ImageDecodeError, decode_image
+    from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
     try:
-        return decode_image(storage.read_bytes(uri), name=uri)
+        return decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     except (storage.StorageError, ImageDecodeError) as exc:
         raise click.ClickException(f"{what}: {exc}") from None
 
@@ -85,7 +85,7 @@ def _tensor(image):
     return torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
-def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
+def _part_regions(plan, record, label_map, fallback, variant: int, seed: int, max_pixels: int | None = None):
     """Regions of one image from the plan: (region label map, style per region, per-part info).
 
     Returns ``regions[H, W]`` (−1 = no style, else region index), the styles per region (blends of
@@ -107,7 +107,7 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
     def image(uri: str) -> np.ndarray:
         if uri not in images:
             try:
-                images[uri] = load_style_image(uri)
+                images[uri] = load_style_image(uri, **({"max_pixels": max_pixels} if max_pixels else {}))
             except StylizeError as exc:
                 raise click.ClickException(str(exc)) from None
             except ValueError as exc:  # ImageDecodeError
@@ -158,6 +158,8 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
 @click.option("--steps", default="300", show_default=True, help="Iterations (forward+backward passes) per level, or one count per level coarse→fine (200,100).")
 @click.option("--max-size", type=click.IntRange(min=1), default=512, show_default=True,
               help="Cap on the long side (pixels) of the result; the short side must stay large enough for the VGG layers (16 px up to relu5_1).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Pixel limit for CONTENT and the style images (width x height), checked before decoding  [default: 50,000,000].")
 @click.option("--levels", type=int, default=None, help="Coarse-to-fine levels [default: 1 up to 512 px, +1 per doubling].")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: 1.0 L-BFGS, 0.02 Adam].")
 @click.option("--content-weight", type=float, default=1.0, show_default=True)
@@ -177,7 +179,7 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
 def optimize(
     content: str, style_uri: str | None, coco_uri: str | None, image_id: int | None, plan_uri: str | None,
     variant: int, seed: int, out: str, optimizer: str, init: str | None, reconstruct: str | None, steps: str,
-    max_size: int, levels: int | None, lr: float | None, content_weight: float, style_weight: float,
+    max_size: int, max_pixels: int | None, levels: int | None, lr: float | None, content_weight: float, style_weight: float,
     tv_weight: float, content_layers: str, style_layers: str, arch: str, pool: str, weights_ref: str | None,
     device: str | None, save_every: int | None, animation: str | None, fps: float, loss_plot: str | None,
     no_composite: bool,
@@ -228,9 +230,9 @@ def optimize(
     except (registry.WeightsNotFound, registry.WeightsChecksumError, ValueError) as exc:  # WeightsLoadError too
         raise click.ClickException(str(exc)) from None
 
-    image = _read_image(content, "content image")
+    image = _read_image(content, "content image", max_pixels)
     h, w = image.shape[:2]
-    style_img = _read_image(style_uri, "style image") if style_uri else None
+    style_img = _read_image(style_uri, "style image", max_pixels) if style_uri else None
 
     regions = None
     info = None
@@ -262,7 +264,7 @@ def optimize(
             label = masks_mod.label_map(record.parts, h, w, plan.overlaps)
         except masks_mod.MaskError as exc:
             raise click.ClickException(f"image {image_id}: {exc}") from None
-        regions, region_styles, info = _part_regions(plan, record, label, style_img, variant, seed)
+        regions, region_styles, info = _part_regions(plan, record, label, style_img, variant, seed, max_pixels)
         feather = plan.edges.feather_px
         if not region_styles and reconstruct != "content":
             raise click.ClickException(f"the plan styles no part of image {image_id}: nothing to optimize")

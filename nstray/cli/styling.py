@@ -354,10 +354,12 @@ def contact_sheet(image, size: int = 256, columns: int = 7, device: str = "cpu",
 @click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Tile size (longer side, px).")
 @click.option("--columns", type=click.IntRange(1, 27), default=7, show_default=True, help="Tiles per row.")
 @click.option("--device", default="cpu", show_default=True, callback=check_device, help=DEVICE_HELP + ".")
-def sheet(image: str, out: str, size: int, columns: int, device: str) -> None:
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Pixel limit for IMAGE (width x height), checked before decoding  [default: 50,000,000].")
+def sheet(image: str, out: str, size: int, columns: int, device: str, max_pixels: int | None) -> None:
     """A contact sheet: IMAGE in all builtin styles, each tile labelled with its index and name."""
     refuse_overwrite({"--out": out}, {"IMAGE": image})
-    arr = _read_image(image, "IMAGE")
+    arr = _read_image(image, "IMAGE", max_pixels)
     h, w = arr.shape[:2]
     if min(h, w) * size < MIN_SIDE * max(h, w):
         raise click.ClickException(f"IMAGE {image} is {w}x{h}: its tiles ({size} px on the longer side, --size) would be "

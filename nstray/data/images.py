@@ -124,7 +124,7 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
         raise ImageDecodeError(
             name,
             f"the image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}",
-            "downscale the image, or raise the limit (--max-pixels) if it is genuine",
+            "downscale the image, or raise the pixel limit if it is genuine (--max-pixels; limits.max_pixels in a job config)",
         )
 
 
