@@ -34,7 +34,7 @@ def check_style_image(uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, limit_h
                     f"{max_pixels:,}; fix: downscale it (style images rarely need more than 1024 px), or raise {limit_hint}")
         decode_image(data, name=uri, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        return f"style image {exc}"
+        return f"style image {exc.name}: {exc.reason}; fix: point the plan at a real PNG/JPEG/WebP image"
     return None
 
 

@@ -144,7 +144,7 @@ CASES = [
     Case("index-out-is-a-file", "datasets index {w}/ann --images {w}/images --out {w}/afile", ["--out", "afile"],
          code=2, finding="4"),
     Case("index-s3-unreachable", "datasets index {w}/ann --images {w}/images --out s3://bucket/index",
-         ["s3://bucket/index", "127.0.0.1:9"], env=S3_DOWN, subprocess=True, finding="4"),
+         ["s3://bucket/index", "127.0.0.1:9"], env=S3_DOWN, finding="4"),
     # stylize
     Case("stylize-unknown-device", STYLIZE + " --out {w}/o.png --device tpu9", ["--device", "tpu9"], code=2,
          finding="4"),

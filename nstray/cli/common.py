@@ -1,5 +1,6 @@
-"""Option checks shared by the commands: devices, image outputs named by their format, outputs that
-would overwrite an input. Torch-free (they run before any model loads), each failing with the option's name."""
+"""Shared by the commands: which exceptions are user errors (one `Error:` line, no traceback), and option
+checks (devices, image outputs named by their format, outputs that would overwrite an input, input images).
+Torch-free: they run before any model loads, each failing with the option's or file's name."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import click
 
-__all__ = ["USER_ERRORS", "is_user_error", "DEVICE_HELP", "check_device", "image_output", "png_output", "refuse_overwrite"]
+__all__ = ["USER_ERRORS", "is_user_error", "DEVICE_HELP", "check_device", "image_output", "png_output", "refuse_overwrite",
+           "read_image"]
 
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("nstray.config", "ConfigError"),
@@ -83,6 +85,23 @@ def _same(a: str, b: str) -> bool:
     if pa.exists() and pb.exists():
         return os.path.samefile(pa, pb)
     return pa.resolve() == pb.resolve()
+
+
+def read_image(uri: str, what: str, max_pixels: int | None = None, min_side: int = 1):
+    """``uint8[H, W, 3]`` of an input image (path or ``s3://``), within ``max_pixels`` (default: 50 MP) and at
+    least ``min_side`` px on each side; every failure is one CLI error naming ``what`` and the file."""
+    from nstray import storage
+    from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+    try:
+        image = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    except (storage.StorageError, ImageDecodeError) as exc:
+        raise click.ClickException(f"{what}: {exc}") from None
+    h, w = image.shape[:2]
+    if min(h, w) < min_side:
+        raise click.ClickException(f"{what} {uri} is {w}x{h}; it needs at least {min_side} px on each side: "
+                                   "use a larger image")
+    return image
 
 
 def refuse_overwrite(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:

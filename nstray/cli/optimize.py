@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from nstray.cli.common import DEVICE_HELP, check_device, image_output, png_output, refuse_overwrite
+from nstray.cli.common import DEVICE_HELP, check_device, image_output, png_output, read_image, refuse_overwrite
 
 
 def _layers(text: str) -> dict[str, float]:
@@ -59,17 +59,6 @@ def _auto_levels(height: int, width: int) -> int:
     """One level up to 512 px, one more per doubling above it."""
     side = max(height, width)
     return 1 if side <= 512 else 1 + math.ceil(math.log2(side / 512))
-
-
-def _read_image(uri: str, what: str, max_pixels: int | None = None):
-    """``uint8[H, W, 3]`` from a path or ``s3://`` URI; errors become one clear CLI message."""
-    from nstray import storage
-    from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-
-    try:
-        return decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    except (storage.StorageError, ImageDecodeError) as exc:
-        raise click.ClickException(f"{what}: {exc}") from None
 
 
 def _deepest(arch: str, layers: list[str]) -> str:
@@ -230,9 +219,9 @@ def optimize(
     except (registry.WeightsNotFound, registry.WeightsChecksumError, ValueError) as exc:  # WeightsLoadError too
         raise click.ClickException(str(exc)) from None
 
-    image = _read_image(content, "content image", max_pixels)
+    image = read_image(content, "content image", max_pixels)
     h, w = image.shape[:2]
-    style_img = _read_image(style_uri, "style image", max_pixels) if style_uri else None
+    style_img = read_image(style_uri, "style image", max_pixels) if style_uri else None
 
     regions = None
     info = None

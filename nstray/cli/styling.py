@@ -17,7 +17,7 @@ import io
 
 import click
 
-from nstray.cli.common import DEVICE_HELP, check_device, image_output, refuse_overwrite
+from nstray.cli.common import DEVICE_HELP, check_device, image_output, read_image, refuse_overwrite
 
 MIN_SIDE = 8
 """The smallest image side the style networks are run on (their strided layers need at least 5 px)."""
@@ -27,18 +27,7 @@ _MAX_PIXELS_HELP = "Pixel limit for IMAGE and the plan's style images (width x h
 
 def _read_image(uri: str, what: str, max_pixels: int | None = None):
     """``uint8[H, W, 3]`` of an input image, at least :data:`MIN_SIDE` px on each side; errors name ``what``."""
-    from nstray import storage
-    from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-
-    try:
-        image = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    except (storage.StorageError, ImageDecodeError) as exc:
-        raise click.ClickException(f"{what}: {exc}") from None
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise click.ClickException(f"{what} {uri} is {w}x{h}; styling needs at least {MIN_SIDE} px on each side: "
-                                   "use a larger image")
-    return image
+    return read_image(uri, what, max_pixels, min_side=MIN_SIDE)
 
 
 def _write_image(uri: str, array) -> None:
