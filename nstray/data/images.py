@@ -88,10 +88,9 @@ def _open(data: bytes, name: str):
             "this looks like a decompression bomb; remove the file or downscale it",
         ) from None
     except UnidentifiedImageError:
-        head = data[:8]
         raise ImageDecodeError(
             name,
-            f"not an image file Pillow can read (first bytes {head!r}, {len(data)} bytes)",
+            f"not an image file Pillow can read ({_describe_head(data)}, {len(data)} bytes)",
             "replace it with a real PNG/JPEG/TIFF image, or drop the record",
         ) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on corrupt headers
@@ -160,6 +159,17 @@ def _to_rgb(im, name: str) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:  # pragma: no cover - defensive
         raise ImageDecodeError(name, f"decoding gave an unexpected array {arr.dtype}{arr.shape}", "re-save the image as RGB PNG")
     return np.ascontiguousarray(arr)
+
+
+def _describe_head(data: bytes) -> str:
+    """What a non-image file starts with, without echoing its content (it may be anything: a key, a password
+    file): a kind, or the hex of a 4-byte magic number for binary data."""
+    if not data:
+        return "an empty file"
+    head = data[:64]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it starts with text"
+    return f"it starts with bytes {head[:4].hex()}"
 
 
 def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
