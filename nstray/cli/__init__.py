@@ -39,9 +39,13 @@ class _Main(click.Group):
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nstray")
-@click.option("--verbose", is_flag=True, help="Show the full traceback of errors (for bug reports).")
+@click.option("--verbose", is_flag=True, help="Show Ray's own log lines, and the full traceback of errors (for bug reports).")
 def main(verbose: bool) -> None:
     """nstray: style every annotated vehicle part with its own style, at dataset scale."""
+    if verbose:  # also shows Ray's own log lines (nstray.pipeline.skeleton.verbose)
+        import os
+
+        os.environ["NSTRAY_VERBOSE"] = "1"
 
 
 main.add_command(datasets)
