@@ -16,7 +16,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "nstray"
 
 # tensor code: networks, losses, compositing, masks, flow and stabilization
-PURE = ["compose.py", "masks.py", "models/*.py", "stylize/*.py", "video/flow.py", "video/stabilize.py",
+PURE = ["compose.py", "masks.py", "augment.py", "regions.py", "models/*.py", "stylize/*.py", "video/flow.py", "video/stabilize.py",
         "video/metrics.py", "video/masks.py", "models/segmentation.py"]
 PURE_FORBIDDEN = ("ray", "boto3", "botocore", "nstray.storage", "nstray.cli", "nstray.pipeline", "click")
 DATA_FORBIDDEN = ("ray", "nstray.pipeline", "nstray.cli", "click")
