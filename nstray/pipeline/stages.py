@@ -478,7 +478,7 @@ class Stylizer:
     """
 
     def __init__(self, plan: dict, opts: StageOptions, *, gpus: float = 0.0, threads: int = 1,
-                 fused: bool = False) -> None:
+                 fused: bool = False, precision: str = "fp32") -> None:
         import torch
 
         from nstray.plan import load_plan
@@ -488,7 +488,8 @@ class Stylizer:
             torch.set_num_threads(int(threads))
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
         parsed = load_plan(plan)
-        self.stylizer = PartStylizer(parsed, device=self.device)
+        self.stylizer = PartStylizer(parsed, device=self.device,
+                                     precision=precision if self.device == "cuda" else "fp32")
         self.models = json.dumps(model_ids(parsed), sort_keys=True)
         self.worker = json.dumps(worker_info(self.device), sort_keys=True)
         self.opts = opts

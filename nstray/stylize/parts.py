@@ -39,7 +39,11 @@ from torch import Tensor
 from nstray import compose, regions
 from nstray.plan import BACKGROUND, NONE, ArbitrarySpec, FeedforwardSpec, MultiStyleSpec, Plan, PartSpec
 
-__all__ = ["StylizeError", "StylizeResult", "PartStylizer", "resolve_device", "load_style_image"]
+__all__ = ["PRECISIONS", "StylizeError", "StylizeResult", "PartStylizer", "resolve_device", "load_style_image"]
+
+# the multi-style network's arithmetic on a GPU; the quality gate for fp16/bf16 (PSNR >= 40 dB against fp32
+# on real-looking images) is measured by benchmarks/feedforward.py (d) and benchmarks/stylize_path.py
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class StylizeError(ValueError):
@@ -173,6 +177,8 @@ class PartStylizer:
     ``max_batch_pixels``: pixels per forward pass (batch × H × W), bounding memory.
     ``edge_band_px``: how far a part's style extends past its edge in the multi-style pass (None:
     everywhere); see :meth:`_style_maps`.
+    ``precision``: the multi-style network's dtype on a GPU (``fp32``, ``fp16``, ``bf16``; channels-last
+    either way; its norm statistics stay float32); other networks and the CPU run fp32.
     ``nearest_fill``: how pixels outside a network's parts find the nearest part: ``opencv`` (the
     distance transform, on the host), ``jump-flooding`` (:func:`nstray.regions.nearest_fill`, on the
     device), ``auto`` = OpenCV on the CPU, jump flooding on a GPU. They differ only on the boundaries
@@ -189,6 +195,7 @@ class PartStylizer:
         max_batch_pixels: int = 8_000_000,
         edge_band_px: int | None = 16,
         nearest_fill: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         self.plan = plan
         self.device = resolve_device(device)
@@ -199,6 +206,15 @@ class PartStylizer:
         if nearest_fill not in ("auto", "opencv", "jump-flooding"):
             raise StylizeError(f"nearest_fill must be auto, opencv or jump-flooding, got {nearest_fill!r}")
         self.nearest_fill = nearest_fill
+        if precision not in PRECISIONS:
+            raise StylizeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and self.device.type != "cuda":
+            warnings.warn(f"precision {precision} is for GPUs; the CPU runs fp32", RuntimeWarning, stacklevel=2)
+            precision = "fp32"
+        self.precision = precision
+        self._dtype = PRECISIONS[precision]
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # batches come in a few fixed shapes: tuned once each
         used = sorted(plan.used_styles())
         kinds = plan.kinds()
         self.multistyle = None
@@ -207,7 +223,7 @@ class PartStylizer:
         if "multistyle" in kinds:
             from nstray.models.multistyle import multistyle26
 
-            self.multistyle = multistyle26().to(self.device)
+            self.multistyle = multistyle26().to(self.device, self._dtype)
             for name in used:
                 spec = plan.styles[name]
                 if isinstance(spec, MultiStyleSpec):
@@ -427,8 +443,8 @@ class PartStylizer:
         if kind in self.feedforward:  # a trained single-style network: no style condition
             return self.feedforward[kind](x)
         if kind == "multistyle":
-            assert self.multistyle is not None
-            return self.multistyle(x, style)
+            assert self.multistyle is not None and isinstance(style, Tensor)
+            return self.multistyle(x.to(self._dtype), style.to(self._dtype)).float()
         assert self.transformer is not None
         return self.transformer(x, style)
 
