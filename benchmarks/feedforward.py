@@ -59,7 +59,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def load_frame(video: Path, frame: int) -> tuple[np.ndarray | None, str]:
     """One RGB frame (uint8 [H, W, 3]) of ``video`` decoded with PyAV, or None with the reason."""
     if not video.is_file():
-        return None, f"{video} not found"
+        return _synth_frame(f"{video.name} not found")
     try:
         import av
 
@@ -70,6 +70,22 @@ def load_frame(video: Path, frame: int) -> tuple[np.ndarray | None, str]:
     except Exception as exc:  # a broken or unsupported file: fall back to noise, say why
         return None, f"{video.name}: {exc}"
     return None, f"{video.name} has fewer than {frame + 1} frames"
+
+
+def _synth_frame(why: str) -> tuple[np.ndarray | None, str]:
+    """A synthetic car photo (nstray.data.synth, 1024², seed 0) where the video is missing: real-looking, not noise."""
+    import tempfile
+
+    from nstray.data.synth import generate
+
+    try:
+        data = generate(tempfile.mkdtemp(prefix="nstray-ff-"), 1, seed=0, width=1024, height=1024)
+        path = next(p for p in Path(data.images_dir).iterdir())
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB")), f"synthetic car {path.name} ({why})"
+    except Exception as exc:  # no synth dependencies: noise, say why
+        return None, f"{why}; synthetic image failed: {exc}"
 
 
 def image_at(frame: np.ndarray | None, size: int, seed: int = 0) -> np.ndarray:

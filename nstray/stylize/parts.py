@@ -213,8 +213,6 @@ class PartStylizer:
             precision = "fp32"
         self.precision = precision
         self._dtype = PRECISIONS[precision]
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # batches come in a few fixed shapes: tuned once each
         used = sorted(plan.used_styles())
         kinds = plan.kinds()
         self.multistyle = None
