@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 section["ray_steady_images_per_s_per_gpu"] = section["ray_steady_images_per_s"] / n_gpus
             section["precision"], section["price_per_gpu_hour"] = args.precision, args.price_per_hour
             per_gpu = section.get("ray_steady_images_per_s_per_gpu") or section["ray_images_per_s_per_gpu"]
-            section["cost_per_million_images"] = args.price_per_hour * 1e6 / (per_gpu * 3600)
+            section["cost_per_million_images"] = args.price_per_hour * 1e6 / (max(per_gpu, 1e-9) * 3600)
             section["gpu_actors"], section["gpus_per_actor"] = args.gpu_actors, args.gpus_per_actor
             if runs.get("ray_cpucodec"):
                 cpu_codec = statistics.median(r["images_per_s"] for r in runs["ray_cpucodec"])

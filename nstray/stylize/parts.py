@@ -489,21 +489,22 @@ class PartStylizer:
         nrows = max(len(t) for t in tables)
         if kind != "multistyle":
             fill, _ = _fill_nearest(rows, None, self.nearest_fill)
-            dim = self._vectors[tables[0][0]].shape[0]
-            vectors = torch.zeros(b, nrows, dim, device=self.device)
+            vectors = np.zeros((b, nrows, self._host_vectors[tables[0][0]].shape[0]), dtype=np.float32)
             for j, t in enumerate(tables):
-                vectors[j, : len(t)] = torch.stack([self._vectors[name] for name in t])
-            return vectors, F.one_hot(fill.to(self.device), nrows).permute(0, 3, 1, 2).float()
+                vectors[j, : len(t)] = np.stack([self._host_vectors[name] for name in t])
+            return (torch.from_numpy(vectors).to(self.device, non_blocking=True),
+                    F.one_hot(fill.to(self.device), nrows).permute(0, 3, 1, 2).float())
         # row nrows of every table: the image's filler (its first unused style), where the band ends
-        full = torch.zeros(b, nrows + 1, self.multistyle.num_styles, device=self.device)
+        assert self.multistyle is not None
+        table = np.zeros((b, nrows + 1, self.multistyle.num_styles), dtype=np.float32)  # built here, sent once
         fillers = []
         for j, t in enumerate(tables):
-            full[j, : len(t)] = torch.stack([self._vectors[name] for name in t])
-            used = np.abs(np.stack([self._host_vectors[name] for name in t])).sum(0) != 0
-            unused = np.flatnonzero(~used)
+            table[j, : len(t)] = np.stack([self._host_vectors[name] for name in t])
+            unused = np.flatnonzero(np.abs(table[j, : len(t)]).sum(0) == 0)
             fillers.append(int(unused[0]) if len(unused) else -1)
             if len(unused):
-                full[j, nrows, unused[0]] = 1.0
+                table[j, nrows, unused[0]] = 1.0
+        full = torch.from_numpy(table).to(self.device, non_blocking=True)
         banded = self.edge_band_px is not None and all(f >= 0 for f in fillers)
         fill, dist = _fill_nearest(rows, self.edge_band_px if banded else None, self.nearest_fill)
         fill, dist = fill.to(self.device), dist.to(self.device)
