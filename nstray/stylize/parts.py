@@ -514,7 +514,7 @@ class PartStylizer:
             has = torch.tensor([f >= 0 for f in fillers], device=self.device)[:, None, None]
             fill = torch.where(has & (dist > self.edge_band_px), nrows, fill)
         batch = torch.arange(b, device=self.device)[:, None, None]
-        return full[batch, fill].permute(0, 3, 1, 2)
+        return full[batch, fill].permute(0, 3, 1, 2).contiguous()  # the network reads it per style plane
 
     def _crop_passes(self, groups: list[_Group], works: list[_Work]) -> None:
         """Style every scaled region's crop, one batch per (network, working size), pasted into a ``crops`` layer.
