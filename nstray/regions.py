@@ -35,10 +35,10 @@ def nearest_fill(labels: Tensor, max_dist: float | None = None) -> tuple[Tensor,
     b, h, w = labels.shape
     dev = labels.device
     seed = labels >= 0
-    ys = torch.arange(h, device=dev, dtype=torch.float32)[:, None].expand(h, w)
-    xs = torch.arange(w, device=dev, dtype=torch.float32)[None, :].expand(h, w)
-    far = torch.full((), _FAR, device=dev)
-    sy, sx = torch.where(seed, ys, far), torch.where(seed, xs, far)
+    grid = torch.stack(torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
+                                      torch.arange(w, device=dev, dtype=torch.float32), indexing="ij"))  # [2, H, W]
+    # each pixel's nearest seed so far, as (y, x); _FAR where none yet
+    near = torch.where(seed[:, None], grid, torch.full((), _FAR, device=dev))  # [B, 2, H, W]
     d2 = torch.where(seed, torch.zeros((), device=dev), torch.full((), float("inf"), device=dev))
     reach = max(h, w) if max_dist is None else min(max(h, w), int(max_dist) + 1)
     k = 1
@@ -50,19 +50,17 @@ def nearest_fill(labels: Tensor, max_dist: float | None = None) -> tuple[Tensor,
         k //= 2
     steps += [2, 1] if h > 2 and w > 2 else [1]
     for k in steps:
-        py = F.pad(sy[:, None], (k, k, k, k), value=_FAR)[:, 0]
-        px = F.pad(sx[:, None], (k, k, k, k), value=_FAR)[:, 0]
+        padded = F.pad(near, (k, k, k, k), value=_FAR)
         for dy in (-k, 0, k):
             for dx in (-k, 0, k):
                 if dy == 0 and dx == 0:
                     continue
-                cy = py[:, k + dy : k + dy + h, k + dx : k + dx + w]
-                cx = px[:, k + dy : k + dy + h, k + dx : k + dx + w]
-                nd = (cy - ys).square_().add_((cx - xs).square_())
+                cand = padded[:, :, k + dy : k + dy + h, k + dx : k + dx + w]
+                nd = (cand - grid).square_().sum(1)
                 better = nd < d2
-                sy = torch.where(better, cy, sy)
-                sx = torch.where(better, cx, sx)
+                near = torch.where(better[:, None], cand, near)
                 d2 = torch.where(better, nd, d2)
+    sy, sx = near[:, 0], near[:, 1]
     found = sy < _FAR  # the sentinel can win over inf, but is never a seed
     index = torch.where(found, sy * w + sx, torch.zeros((), device=dev)).long()
     filled = labels.reshape(b, h * w).long().gather(1, index.view(b, h * w)).view(b, h, w)
