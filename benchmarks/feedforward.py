@@ -12,7 +12,12 @@ video when it is present, else noise), same thread count for both engines:
 (d) with ``--device cuda`` (or ``--sweep``): images/s over sizes × batch sizes × dtypes
     (fp32 / fp16 / bf16), with the low-precision output compared to fp32.
 
+nstray is measured as a user gets it: ``import nstray`` comes first, so its process settings
+(nstray/_runtime.py: retained malloc, passive OpenMP waits) apply; ``--tuning off`` shows the plain
+process. Where the video is missing the input is a synthetic car (nstray.data.synth), not noise.
+
     python benchmarks/feedforward.py                       # CPU: 512², 1024²
+    python benchmarks/feedforward.py --tuning off          # the process without nstray's settings
     python benchmarks/feedforward.py --device cuda         # GPU: 512², 1024², 2048², batches, fp16/bf16
     python benchmarks/feedforward.py --threads 1 --sizes 512
 """

@@ -35,6 +35,7 @@ DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-512}
 mkdir -p "$OUT"
+: >>"$OUT/steps.log"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 T0=$(date +%s)
 if [ -d .whl ]; then
@@ -59,12 +60,14 @@ step() {  # step NAME SECONDS MIN_SECONDS CMD...: bounded by SECONDS and by what
   local l; l=$(left)
   if [ "$l" -lt "$min" ]; then echo "=== $name: skipped, ${l}s of the budget left (needs ${min}s)"; return 0; fi
   [ "$l" -lt "$limit" ] && limit=$l
+  MARK=$(( $(wc -l <"$OUT/steps.log") + 1 ))
   echo "=== $name ($(date +%T), limit ${limit}s)" | tee -a "$OUT/steps.log"
   timeout "$limit" "$@" >>"$OUT/steps.log" 2>&1; local rc=$?
   echo "--- $name: exit $rc ($(date +%T))" | tee -a "$OUT/steps.log"
 }
-key() {  # key REGEX [LINES]: the matching lines among the last LINES of the log (the last step's results)
-  tail -n "${2:-60}" "$OUT/steps.log" | grep -E "$1" | tail -n 24
+MARK=1
+key() {  # key REGEX: the matching lines of what the last step printed
+  tail -n "+$MARK" "$OUT/steps.log" | grep -E "$1" | tail -n 24
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, ray, pyarrow, pydantic; print(torch.__version__, ray.__version__, pyarrow.__version__, pydantic.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
@@ -75,27 +78,27 @@ if want ff; then
   # shellcheck disable=SC2086
   step ff 100 40 $PY benchmarks/feedforward.py --device "$DEVICE" --sweep --sizes "$SIZE" --skip a b c --repeats 5 \
     --batches ${FF_BATCHES:-8 32 64} --dtypes fp32 fp16 bf16 --video /nonexistent --json "$OUT/ff.json"
-  key "^ *[0-9]+²|^input|Error|error" 40
+  key "^ *[0-9]+²|^input|Error|error"
 fi
 if want path; then
   # shellcheck disable=SC2086
   step path 130 60 $PY benchmarks/stylize_path.py --device "$DEVICE" --size "$SIZE" --batches ${PATH_BATCHES:-16 64} \
     --images "${PATH_IMAGES:-64}" --repeats 3 --json "$OUT/path.json"
-  key "^batch|vs fp32|Error|error" 30
+  key "^batch|vs fp32|Error|error"
 fi
 if want pipeline; then
   DS=/tmp/nstray-ds-$SIZE-${IMAGES:-5000}
   [ -f "$DS/annotations.json" ] || step dataset 90 30 $PY benchmarks/make_dataset.py --out "$DS" \
     --images "${IMAGES:-5000}" --base "${BASE:-500}" --width "$SIZE" --height "$SIZE"
-  key "images \(|Error|error" 10
+  key "images \(|Error|error"
   GPUARGS=(--gpu --no-cpu --no-bare --dataset "$DS/annotations.json" --format jpg --plan examples/plans/six-parts.yaml
            --batch-size "${BATCH:-64}" --codec "${CODEC:-cpu}" --gpu-actors "${GPU_ACTORS:-2}"
            --gpus-per-actor "${GPUS_PER_ACTOR:-0.5}" --price-per-hour "${PRICE:-3.5}")
   if [ "$DEVICE" = cpu ]; then GPUARGS+=(--cpus 2); fi
   step pipe_a 150 60 $PY benchmarks/pipeline.py "${GPUARGS[@]}" --precision "${PRECISION:-fp16}" --json "$OUT/pipe_a.json"
-  key "^gpu|^\[gpu|failed|Error|error" 40
+  key "^gpu|^\[gpu|failed|Error|error"
   step pipe_b 120 60 $PY benchmarks/pipeline.py "${GPUARGS[@]}" --precision fp32 --json "$OUT/pipe_b.json"
-  key "^gpu|^\[gpu|failed|Error|error" 40
+  key "^gpu|^\[gpu|failed|Error|error"
 fi
 want nvjpeg && step nvjpeg 120 60 $PY benchmarks/jpeg_codec.py --device cuda --images 64 --size 512
 want profile && step profile 120 60 $PY benchmarks/profile_stylize.py --device cuda --size 512 --batch 16
