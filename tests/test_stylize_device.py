@@ -140,3 +140,40 @@ def test_nearest_fill_by_jump_flooding_matches_opencv_off_the_fill_boundaries():
     near = dist <= 8
     assert torch.allclose(band_dist[near], dist[near])  # the same distances within reach; labels up to ties
     assert (band_fill[near] != fill[near]).float().mean() < 0.01
+
+
+def test_composite_batch_equals_composite_per_image_bit_for_bit():
+    from nstray import compose
+
+    g = torch.Generator().manual_seed(5)
+    b, h, w, k = 3, 29, 41, 5
+    labels = torch.randint(-1, k, (b, h // 3 + 1, w // 3 + 1), generator=g).repeat_interleave(3, 1)
+    labels = labels.repeat_interleave(3, 2)[:, :h, :w]
+    original, layers = torch.rand(b, 3, h, w, generator=g), [torch.rand(b, 3, h, w, generator=g) for _ in range(3)]
+    strength = torch.rand(b, k, generator=g)
+    preserve = torch.rand(b, k, generator=g) > 0.5
+    layer_of = torch.randint(0, 3, (b, k), generator=g)
+    got = compose.composite_batch(original, layers, labels, strength, preserve, layer_of, feather_px=2)
+    for i in range(b):
+        one = compose.composite(original[i], torch.stack([layer[i] for layer in layers]), labels[i],
+                                strength[i].tolist(), preserve[i].tolist(), layer_of[i].tolist(), feather_px=2)
+        assert torch.equal(got[i], one)
+
+
+def test_labels_present_and_boxes_match_numpy():
+    from nstray.regions import label_boxes, labels_present
+
+    rng = np.random.default_rng(3)
+    lab = np.full((2, 40, 50), -1, dtype=np.int32)
+    lab[0, 3:9, 4:20] = 0
+    lab[0, 30:40, 45:50] = 2
+    lab[1] = rng.integers(-1, 3, (40, 50))
+    lab[1][lab[1] == 1] = 0
+    t = torch.from_numpy(lab)
+    present, boxes = labels_present(t, 3).numpy(), label_boxes(t, 3).numpy()
+    for b in range(2):
+        for label in range(-1, 3):
+            ys, xs = np.nonzero(lab[b] == label)
+            assert present[b, label + 1] == (len(ys) > 0)
+            want = [ys.min(), ys.max() + 1, xs.min(), xs.max() + 1] if len(ys) else [0, 0, 0, 0]
+            assert boxes[b, label + 1].tolist() == want
