@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from nstray import masks, storage  # noqa: E402
+from nstray.assets import load_plan_assets  # noqa: E402
 from nstray.data.coco import load_coco, read_records  # noqa: E402
 from nstray.data.images import decode_image  # noqa: E402
 from nstray.data.synth import generate  # noqa: E402
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "size": args.size,
                     "plan": args.plan, "paths": [], "precision": []}
-    stylizers = {pr: PartStylizer(plan, device=args.device, precision=pr) for pr in args.precisions}
-    fp32 = stylizers.get("fp32") or PartStylizer(plan, device=args.device)
+    assets = load_plan_assets(plan)
+    stylizers = {pr: PartStylizer(plan, device=args.device, precision=pr, assets=assets) for pr in args.precisions}
+    fp32 = stylizers.get("fp32") or PartStylizer(plan, device=args.device, assets=assets)
     print(f"device {report['device']}; {args.size}²; plan {Path(args.plan).name}; {len(images)} distinct images")
     for b in args.batches:
         ims, lms, cs, kw = batch(b)

@@ -62,7 +62,7 @@ def test_off_switch_and_users_own_settings_are_respected():
 
 def test_cpu_actor_env_is_the_same_settings():
     from nstray._runtime import CPU_ENV
-    from nstray.pipeline.job import _CPU_ACTOR_ENV
+    from nstray.pipeline.skeleton import _CPU_ACTOR_ENV
 
     assert _CPU_ACTOR_ENV is CPU_ENV
     assert CPU_ENV == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}

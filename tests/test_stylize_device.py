@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from nstray import masks, storage
+from nstray.assets import load_plan_assets
 from nstray.data.coco import load_coco, read_records
 from nstray.data.images import decode_image
 from nstray.data.synth import generate
@@ -84,14 +85,15 @@ def _run_both(stylizer, cases, variants):
 
 def test_demo_set_equals_the_old_host_path(demo_set):
     plan, cases = demo_set
-    stylizer = PartStylizer(plan, nearest_fill="opencv")
+    stylizer = PartStylizer(plan, nearest_fill="opencv", assets=load_plan_assets(plan))
     d = _diff(*_run_both(stylizer, cases, [0, 1, 0, 1]))
     assert d.max() <= 1 and (d > 0).mean() <= 1e-3
 
 
 def test_demo_set_with_jump_flooding_is_within_tolerance(demo_set):
     plan, cases = demo_set
-    d = _diff(*_run_both(PartStylizer(plan, nearest_fill="jump-flooding"), cases, [0, 1, 0, 1]))
+    stylizer = PartStylizer(plan, nearest_fill="jump-flooding", assets=load_plan_assets(plan))
+    d = _diff(*_run_both(stylizer, cases, [0, 1, 0, 1]))
     assert d.mean() <= 0.5 and (d > 8).mean() <= 0.02
 
 
