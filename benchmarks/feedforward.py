@@ -12,7 +12,12 @@ video when it is present, else noise), same thread count for both engines:
 (d) with ``--device cuda`` (or ``--sweep``): images/s over sizes × batch sizes × dtypes
     (fp32 / fp16 / bf16), with the low-precision output compared to fp32.
 
+nstray is measured as a user gets it: ``import nstray`` comes first, so its process settings
+(nstray/_runtime.py: retained malloc, passive OpenMP waits) apply; ``--tuning off`` shows the plain
+process. Where the video is missing the input is a synthetic car (nstray.data.synth), not noise.
+
     python benchmarks/feedforward.py                       # CPU: 512², 1024²
+    python benchmarks/feedforward.py --tuning off          # the process without nstray's settings
     python benchmarks/feedforward.py --device cuda         # GPU: 512², 1024², 2048², batches, fp16/bf16
     python benchmarks/feedforward.py --threads 1 --sizes 512
 """
@@ -30,12 +35,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-if "--spin" in sys.argv and sys.argv[sys.argv.index("--spin") + 1 :][:1] == ["off"]:
+def _flag(name: str) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv[:-1] else None
+
+
+if _flag("--spin") == "off":
     # OpenMP reads this once, when torch starts its thread pool: it must be set before the import
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if _flag("--tuning") == "off":
+    os.environ["NSTRAY_CPU_TUNING"] = "off"  # the process as it was before nstray tuned it at import
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nstray  # noqa: E402,F401  (first, as a user's script would: its process settings apply before torch loads)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from nstray._runtime import applied as _nstray_tuning  # noqa: E402
+from nstray._runtime import retain_freed_memory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_vehicle-detection_test_video.mp4"
@@ -48,7 +64,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def load_frame(video: Path, frame: int) -> tuple[np.ndarray | None, str]:
     """One RGB frame (uint8 [H, W, 3]) of ``video`` decoded with PyAV, or None with the reason."""
     if not video.is_file():
-        return None, f"{video} not found"
+        return _synth_frame(f"{video.name} not found")
     try:
         import av
 
@@ -59,6 +75,22 @@ def load_frame(video: Path, frame: int) -> tuple[np.ndarray | None, str]:
     except Exception as exc:  # a broken or unsupported file: fall back to noise, say why
         return None, f"{video.name}: {exc}"
     return None, f"{video.name} has fewer than {frame + 1} frames"
+
+
+def _synth_frame(why: str) -> tuple[np.ndarray | None, str]:
+    """A synthetic car photo (nstray.data.synth, 1024², seed 0) where the video is missing: real-looking, not noise."""
+    import tempfile
+
+    from nstray.data.synth import generate
+
+    try:
+        data = generate(tempfile.mkdtemp(prefix="nstray-ff-"), 1, seed=0, width=1024, height=1024)
+        path = next(p for p in Path(data.images_dir).iterdir())
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB")), f"synthetic car {path.name} ({why})"
+    except Exception as exc:  # no synth dependencies: noise, say why
+        return None, f"{why}; synthetic image failed: {exc}"
 
 
 def image_at(frame: np.ndarray | None, size: int, seed: int = 0) -> np.ndarray:
@@ -87,29 +119,6 @@ def part_weights(k: int, size: int, styles: list[int], num_styles: int) -> torch
     return w
 
 
-# ---------------------------------------------------------------- allocator
-
-
-def retain_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory for reuse (no mmap for big blocks, no trimming).
-
-    PyTorch's CPU allocator has no cache: every big intermediate is a fresh ``malloc``, and
-    glibc serves blocks ≥ 32 MiB with ``mmap`` and returns freed heap tops to the OS, so each
-    forward page-faults its big tensors in again (costly in VMs). onnxruntime keeps an arena.
-    This is the glibc equivalent of PyTorch's CPU tuning advice (jemalloc/tcmalloc); for a
-    worker process set ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in its environment.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    libc = ctypes.CDLL(name)
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
 # ---------------------------------------------------------------- timing
 
 
@@ -118,8 +127,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu") -> dict[str, list[float]]:
-    """Seconds per call of each function, run round-robin after one warm-up call each."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu", gap: float = 0.0
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, run round-robin after one warm-up call each (``gap`` s idle before each)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():
         f()
@@ -127,6 +138,8 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: str 
     for _ in range(repeats):
         for name, f in fns.items():
             _sync(device)
+            if gap:
+                time.sleep(gap)
             t = time.perf_counter()
             f()
             _sync(device)
@@ -170,7 +183,9 @@ def ms(v: float) -> str:
 # ---------------------------------------------------------------- sections
 
 
-def section_a(model, frame, sizes: list[int], threads: int, repeats: int, device: str, spin: str) -> list[dict]:
+def section_a(
+    model, frame, sizes: list[int], threads: int, repeats: int, device: str, spin: str, gap: float = 0.0
+) -> list[dict]:
     """nstray vs onnxruntime, same image, same threads, interleaved runs."""
     sess = ort_session(threads, device, spin)
     results, rows = [], []
@@ -184,7 +199,7 @@ def section_a(model, frame, sizes: list[int], threads: int, repeats: int, device
             fns["onnxruntime"] = lambda: sess.run(None, {"image": x_np, "style_weights": w_np})
         fns["nstray"] = lambda: model(x_t, w_t)
         with torch.inference_mode():
-            t = interleaved(fns, repeats, device)
+            t = interleaved(fns, repeats, device, gap)
             ours = model(x_t, w_t).float().cpu().numpy()
         diff = float("nan")
         if sess is not None:  # the graph rounds sizes up to a multiple of 4; nstray returns the input's size
@@ -207,7 +222,7 @@ def section_a(model, frame, sizes: list[int], threads: int, repeats: int, device
             f"{diff:.1e}",
         ])
     table(
-        f"(a) nstray MultiStyleNet vs onnxruntime, {device}, same image, {repeats} interleaved runs",
+        f"(a) nstray MultiStyleNet vs onnxruntime, {device}, same image, {repeats} interleaved runs, gap {gap} s",
         ["size", "threads", "ort img/s best", "ort img/s med", "nstray img/s best", "nstray img/s med",
          "ratio best", "ratio med", "max|diff|"],
         rows,
@@ -299,12 +314,12 @@ def _probe_memory(engine: str, size: int, threads: int, video: Path, frame_index
             "process_rss_mib": _proc_status_kib("VmRSS") / 1024, "method": method}
 
 
-def section_c(sizes: list[int], threads: int, video: Path, frame_index: int, malloc: str) -> list[dict]:
+def section_c(sizes: list[int], threads: int, video: Path, frame_index: int, malloc: str, tuning: str) -> list[dict]:
     results = []
     for size in sizes:
         for engine in ("onnxruntime", "nstray", "nstray-parts6"):
             cmd = [sys.executable, __file__, "--_memory-probe", engine, "--sizes", str(size), "--threads", str(threads),
-                   "--video", str(video), "--frame", str(frame_index), "--malloc", malloc]
+                   "--video", str(video), "--frame", str(frame_index), "--malloc", malloc, "--tuning", tuning]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
     table(
@@ -384,7 +399,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="off: idle worker threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE for torch, "
                          "allow_spinning=0 for onnxruntime); fairer on a machine shared with other work")
     ap.add_argument("--malloc", choices=["default", "retain"], default="default",
-                    help="retain: glibc keeps freed memory for reuse (see retain_freed_memory); both engines")
+                    help="retain: glibc keeps freed memory for reuse (nstray._runtime.retain_freed_memory), "
+                         "whatever --tuning says; both engines")
+    ap.add_argument("--tuning", choices=["on", "off"], default="on",
+                    help="on: the process settings nstray applies when imported, as any user gets them "
+                         "(nstray/_runtime.py); off: NSTRAY_CPU_TUNING=off, the plain process (the old default)")
+    ap.add_argument("--gap", type=float, default=0.0,
+                    help="seconds of idle time before each timed call, so one engine's idle-spinning threads "
+                         "(onnxruntime spins after a run by default) do not slow the other engine's next call")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--_memory-probe", dest="memory_probe", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -407,19 +429,20 @@ def main(argv: list[str] | None = None) -> int:
     model = multistyle26().to(args.device)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores visible"
     print(f"device: {dev}; torch {torch.__version__}; threads (torch = onnxruntime intra-op): {args.threads}; "
-          f"spin: {args.spin}; malloc: {malloc}")
+          f"spin: {args.spin}; malloc: {malloc}; nstray tuning at import: {args.tuning} {_nstray_tuning}")
     print(f"input: {source if frame is not None else 'random noise (' + source + ')'}; load average {os.getloadavg()}")
 
     results: dict[str, object] = {"device": dev, "threads": args.threads, "input": source, "malloc": malloc,
-                                  "spin": args.spin}
+                                  "spin": args.spin, "tuning": args.tuning, "tuning_applied": dict(_nstray_tuning),
+                                  "gap_s": args.gap}
     if "a" not in args.skip:
-        results["a"] = section_a(model, frame, sizes, args.threads, args.repeats, args.device, args.spin)
+        results["a"] = section_a(model, frame, sizes, args.threads, args.repeats, args.device, args.spin, args.gap)
     if "b" not in args.skip:
         size_b = args.parts_size or max(sizes)
         results["b"] = section_b(model, frame, size_b, args.parts, args.repeats, args.device, torch.float32)
     if "c" not in args.skip:
         if args.device == "cpu":
-            results["c"] = section_c(sizes, args.threads, args.video, args.frame, args.malloc)
+            results["c"] = section_c(sizes, args.threads, args.video, args.frame, args.malloc, args.tuning)
         else:
             print("\n(c) on CUDA: see the peak MiB column of (d) (torch.cuda.max_memory_allocated)")
     if "d" not in args.skip and (args.device == "cuda" or args.sweep):

@@ -8,6 +8,12 @@ memory (driver + workers).
     .venv/bin/python benchmarks/pipeline.py --repeat 2 --bare-threads 1 --json bench.json
     .venv/bin/python benchmarks/pipeline.py --images 96 --actors 2 --batch-size 4 --fuse false
     .venv/bin/python benchmarks/pipeline.py --gpu                  # + GPU section: images/s per GPU, utilization
+    python benchmarks/pipeline.py --gpu --no-cpu --no-bare --dataset /tmp/ds/annotations.json --batch-size 64 \
+        --precision fp16 --price-per-hour 3.5                         # a big generated set (benchmarks/make_dataset.py)
+
+The GPU section prints images/s per GPU (overall and steady), the mean GPU utilisation (nvidia-smi,
+sampled every 0.25 s), each stage's share of the workers' busy time (the job report), and what a
+million images cost at ``--price-per-hour`` per GPU (default 3.5 USD/h, about an H200 on demand).
 
 Each measurement runs in its own process (clean memory peak, no warm caches shared), and runs alternate
 (bare, ray, bare, ray …) so a busy machine penalizes both alike; the median of the repeats is reported.
@@ -159,7 +165,7 @@ def bare_loop(annotations: str, images: str, plan_path: str, out: str, variants:
 
 def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: int, actors: int, batch_size: int,
             gpus_per_actor: float, fuse: str, fmt: str, cpus: int | None, cpus_per_actor: float = 1.0,
-            codec: str = "auto") -> dict:
+            codec: str = "auto", precision: str = "fp32") -> dict:
     import ray
 
     import torch  # noqa: F401 - the driver's heavy import, outside the clock like the bare loop's
@@ -178,7 +184,7 @@ def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: i
         "input": {"annotations": annotations, "images": images}, "output": out, "variants": variants, "seed": 0,
         "plan": plan_path, "format": {"type": fmt},
         "resources": {"actors": actors, "batch_size": batch_size, "gpus_per_actor": gpus_per_actor,
-                      "cpus_per_actor": cpus_per_actor, "jpeg_codec": codec,
+                      "cpus_per_actor": cpus_per_actor, "jpeg_codec": codec, "precision": precision,
                       "fuse_stages": fuse if fuse == "auto" else fuse == "true"},
         "contact_sheet": 0,
     }
@@ -213,7 +219,7 @@ def _child(args: argparse.Namespace) -> None:
             codec = "cpu" if args.only.endswith("cpucodec") else args.codec
             res = ray_job(args.annotations, args.images_dir, args.plan, str(out), args.variants,
                           args.gpu_actors if gpu else args.actors, args.batch_size, gpus, args.fuse, args.format,
-                          args.cpus, args.cpus_per_actor, codec)
+                          args.cpus, args.cpus_per_actor, codec, args.precision if gpu else "fp32")
     res.update(peak_rss_mb=s.peak_rss / 2**20, peak_driver_rss_mb=s.peak_driver_rss / 2**20)
     if gpu and s.gpu_util:
         res.update(gpu_util_mean=statistics.mean(s.gpu_util), gpu_util_max=max(s.gpu_util), gpu_mem_peak_mb=s.gpu_mem_peak)
@@ -226,7 +232,7 @@ def _measure(args: argparse.Namespace, which: str) -> dict:
            "--images-dir", args.images_dir, "--plan", args.plan, "--variants", str(args.variants),
            "--actors", str(args.actors), "--gpu-actors", str(args.gpu_actors), "--batch-size", str(args.batch_size),
            "--fuse", args.fuse, "--format", args.format, "--cpus-per-actor", str(args.cpus_per_actor),
-           "--codec", args.codec, "--gpus-per-actor", str(args.gpus_per_actor)]
+           "--codec", args.codec, "--gpus-per-actor", str(args.gpus_per_actor), "--precision", args.precision]
     cmd += (["--cpus", str(args.cpus)] if args.cpus else []) + (
         ["--bare-threads", str(args.bare_threads)] if args.bare_threads else [])
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -262,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec-compare", action="store_true",
                    help="GPU section: also run the job with JPEG decode/encode on CPU tasks (jpeg_codec: cpu)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument("--dataset", type=Path, default=None,
+                   help="an existing COCO annotations file with its images/ beside it (benchmarks/make_dataset.py) "
+                        "instead of generating --images")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare loop (one image at a time: slow on big sets)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="GPU actors' precision")
+    p.add_argument("--price-per-hour", type=float, default=3.5,
+                   help="price of one GPU-hour for the cost per million images (default 3.5 USD: an H200 on demand)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     # internal: one measurement in a child process
     p.add_argument("--only", choices=["bare", "ray", "bare-gpu", "ray-gpu", "ray-gpu-cpucodec"],
@@ -279,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     from nstray.data.synth import generate
 
     args.work = args.work or Path(tempfile.mkdtemp(prefix="nstray-bench-"))
-    data = generate(args.work / "data", args.images, seed=0, width=args.width, height=args.height)
-    args.annotations, args.images_dir = str(data.annotations), str(data.images_dir)
+    if args.dataset:
+        args.annotations, args.images_dir = str(args.dataset), str(args.dataset.parent / "images")
+        args.images = len(json.loads(args.dataset.read_text())["images"])
+    else:
+        data = generate(args.work / "data", args.images, seed=0, width=args.width, height=args.height)
+        args.annotations, args.images_dir = str(data.annotations), str(data.images_dir)
     sections = ([] if args.no_cpu else [("cpu", "bare", "ray")]) + ([("gpu", "bare-gpu", "ray-gpu")] if args.gpu else [])
     report: dict[str, Any] = {"images": args.images, "size": f"{args.width}x{args.height}", "variants": args.variants,
                               "plan": args.plan, "cpus": os.cpu_count(), "sections": {}}
     for name, bare_kind, ray_kind in sections:
-        kinds = [("bare", bare_kind), ("ray", ray_kind)]
+        kinds = ([] if args.no_bare else [("bare", bare_kind)]) + [("ray", ray_kind)]
         if name == "gpu" and args.codec_compare:
             kinds.append(("ray_cpucodec", "ray-gpu-cpucodec"))
         runs: dict[str, list[dict]] = {label: [] for label, _ in kinds}
@@ -295,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs[label].append(res)
                 print(f"[{name} {i + 1}/{args.repeat}] {label}: {res['outputs']} outputs in {res['seconds']:.1f} s = "
                       f"{res['images_per_s']:.3f} images/s, peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
-        bare = statistics.median(r["images_per_s"] for r in runs["bare"])
+        bare = statistics.median(r["images_per_s"] for r in runs["bare"]) if runs.get("bare") else float("nan")
         job = statistics.median(r["images_per_s"] for r in runs["ray"])
         section = {"bare_images_per_s": bare, "ray_images_per_s": job, "ratio": job / bare,
-                   "bare_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["bare"]),
+                   "bare_peak_rss_mb": max((r["peak_rss_mb"] for r in runs.get("bare", [])), default=float("nan")),
                    "ray_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["ray"]),
                    "ray_driver_peak_rss_mb": max(r["peak_driver_rss_mb"] for r in runs["ray"]),
                    "placement": runs["ray"][-1].get("placement"), "runs": runs}
@@ -308,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "gpu":
             n_gpus = max(1.0, args.gpu_actors * args.gpus_per_actor)
             section["ray_images_per_s_per_gpu"] = job / n_gpus
+            if section.get("ray_steady_images_per_s"):
+                section["ray_steady_images_per_s_per_gpu"] = section["ray_steady_images_per_s"] / n_gpus
+            section["precision"], section["price_per_gpu_hour"] = args.precision, args.price_per_hour
+            per_gpu = section.get("ray_steady_images_per_s_per_gpu") or section["ray_images_per_s_per_gpu"]
+            section["cost_per_million_images"] = args.price_per_hour * 1e6 / (max(per_gpu, 1e-9) * 3600)
             section["gpu_actors"], section["gpus_per_actor"] = args.gpu_actors, args.gpus_per_actor
             if runs.get("ray_cpucodec"):
                 cpu_codec = statistics.median(r["images_per_s"] for r in runs["ray_cpucodec"])
@@ -326,9 +348,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "gpu" and not (section["placement"] or {}).get("gpus_per_actor"):
             print("gpu: no GPU in this machine's Ray cluster: the GPU section ran on the CPU (numbers are not GPU numbers)")
         elif name == "gpu":
-            print(f"gpu: {section['ray_images_per_s_per_gpu']:.2f} images/s per GPU; utilization "
+            print(f"gpu: {section['ray_images_per_s_per_gpu']:.2f} images/s per GPU end to end, "
+                  f"{section.get('ray_steady_images_per_s_per_gpu', float('nan')):.2f} steady "
+                  f"({args.precision}, batch {args.batch_size}, {args.gpu_actors} actor(s)); GPU utilisation "
                   f"bare {section.get('bare_gpu_util_mean', float('nan')):.0f}%, "
-                  f"job {section.get('ray_gpu_util_mean', float('nan')):.0f}%")
+                  f"job {section.get('ray_gpu_util_mean', float('nan')):.0f}%; "
+                  f"{section['cost_per_million_images']:.2f} USD per million images at "
+                  f"{args.price_per_hour} USD per GPU-hour (steady rate)")
+        stages = (runs["ray"][-1].get("stages") or {}) if runs.get("ray") else {}
+        if stages:
+            section["stage_share"] = {st: v.get("share") for st, v in stages.items()}
+            print(f"{name}: busy share by stage (all workers): " + ", ".join(
+                f"{st} {100 * (v.get('share') or 0):.0f}% ({v.get('ms_per_item') or 0:.1f} ms/item)"
+                for st, v in stages.items()))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0

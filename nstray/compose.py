@@ -1,7 +1,9 @@
 """Compositing stylized layers into the original image by part masks (pure tensors).
 
 Conventions: images are float ``[3, H, W]`` in ``[0, 1]``; a label map is integer ``[H, W]``
-with ``k`` = part ``k`` and any negative value = no part.
+with ``k`` = part ``k`` and any negative value = no part. The batched forms (:func:`composite_batch`,
+:func:`inside_distance` / :func:`feather_ramp` on ``[B, H, W]``) take a leading batch dimension and
+never wait on the host on a GPU, so a batch of images is composited in a handful of kernels.
 
 Choices (and why):
 
@@ -37,6 +39,7 @@ __all__ = [
     "preserve_color",
     "feather_ramp",
     "composite",
+    "composite_batch",
     "to_uint8",
     "PALETTE",
     "overlay",
@@ -52,13 +55,13 @@ _YCC2RGB = torch.linalg.inv(_RGB2YCC)
 def inside_distance(label_map: Tensor, max_px: int) -> Tensor:
     """How many pixels each pixel lies inside its own label region, capped at ``max_px``.
 
-    Returns int ``[H, W]``: 0 on a region's border (a pixel with a differently-labelled
-    8-neighbour), ``r`` where the octagonal neighbourhood of radius ``r`` holds only its label.
-    The image frame is not a border.
+    Returns int ``[H, W]`` (or ``[B, H, W]`` for a batch of label maps): 0 on a region's border (a
+    pixel with a differently-labelled 8-neighbour), ``r`` where the octagonal neighbourhood of radius
+    ``r`` holds only its label. The image frame is not a border.
     """
-    if label_map.dim() != 2:
-        raise ValueError(f"label_map must be [H, W], got {list(label_map.shape)}")
-    lab = label_map.to(torch.float32)[None, None]  # labels are small ints: exact in float32
+    if label_map.dim() not in (2, 3):
+        raise ValueError(f"label_map must be [H, W] or [B, H, W], got {list(label_map.shape)}")
+    lab = label_map.to(torch.float32).reshape(-1, 1, *label_map.shape[-2:])  # small ints: exact in float32
     hi, lo = lab, -lab
     dist = torch.zeros_like(label_map, dtype=torch.int32)
     for r in range(max_px):
@@ -68,8 +71,8 @@ def inside_distance(label_map: Tensor, max_px: int) -> Tensor:
         else:  # plus-shaped step: max of a row and a column pass
             hi = torch.maximum(F.max_pool2d(hi, (1, 3), 1, (0, 1)), F.max_pool2d(hi, (3, 1), 1, (1, 0)))
             lo = torch.maximum(F.max_pool2d(lo, (1, 3), 1, (0, 1)), F.max_pool2d(lo, (3, 1), 1, (1, 0)))
-        uniform = ((hi == lab) & (-lo == lab))[0, 0]
-        if not bool(uniform.any()):
+        uniform = ((hi == lab) & (-lo == lab)).view(label_map.shape)
+        if label_map.is_cpu and not bool(uniform.any()):  # a shortcut only where asking costs no device sync
             break
         dist += uniform.to(torch.int32)
     return dist
@@ -77,7 +80,8 @@ def inside_distance(label_map: Tensor, max_px: int) -> Tensor:
 
 def feather_ramp(label_map: Tensor, feather_px: int) -> Tensor:
     """Each pixel's alpha factor from its distance inside its own region: ``1/(feather_px+1)`` on a
-    border pixel rising to 1 at ``feather_px`` pixels inside (all 1 when ``feather_px`` is 0)."""
+    border pixel rising to 1 at ``feather_px`` pixels inside (all 1 when ``feather_px`` is 0).
+    ``label_map`` is ``[H, W]`` or ``[B, H, W]``."""
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0, got {feather_px}")
     if feather_px == 0:
@@ -162,30 +166,71 @@ def composite(
     if k == 0:
         return original.clone()
     dev = original.device
+    out = composite_batch(
+        original[None], [layer[None] for layer in stylized_layers], labels[None],
+        torch.as_tensor(list(strength), dtype=original.dtype, device=dev)[None],
+        torch.as_tensor(list(preserve), dtype=torch.bool, device=dev)[None],
+        torch.as_tensor(layer_of, dtype=torch.long, device=dev)[None], feather_px,
+    )
+    return out[0]
+
+
+def composite_batch(
+    original: Tensor,
+    layers: Sequence[Tensor],
+    label_map: Tensor,
+    strength: Tensor,
+    preserve: Tensor,
+    layer_of: Tensor,
+    feather_px: int = 0,
+) -> Tensor:
+    """:func:`composite` for a batch, with per-image tables as tensors: no host round trip.
+
+    ``original`` ``[B, 3, H, W]``; ``layers``: L tensors ``[B, 3, H, W]``; ``label_map`` ``[B, H, W]``
+    (``k`` = part ``k`` of that image, negative = no part); ``strength`` ``[B, K]`` float,
+    ``preserve`` ``[B, K]`` bool, ``layer_of`` ``[B, K]`` long (values < L): image ``b``'s part ``k``
+    tables, padded to the batch's largest ``K`` (padding is never read). Each pixel takes its
+    part's layer (with the original's chroma where ``preserve``) and is blended with alpha =
+    strength × :func:`feather_ramp`; pixels of no part are ``original`` exactly. Labels must lie
+    below ``K`` (not checked here: checking costs a device sync; :func:`composite` checks).
+    """
+    if original.dim() != 4 or original.shape[1] != 3:
+        raise ValueError(f"original must be [B, 3, H, W], got {list(original.shape)}")
+    b = original.shape[0]
+    if label_map.shape != (b, *original.shape[2:]):
+        raise ValueError(f"label_map must be [{b}, {original.shape[2]}, {original.shape[3]}], got {list(label_map.shape)}")
+    if not layers or any(layer.shape != original.shape for layer in layers):
+        raise ValueError(f"layers must be one or more tensors of shape {list(original.shape)}, "
+                         f"got {[list(layer.shape) for layer in layers]}")
+    for name, t in (("strength", strength), ("preserve", preserve), ("layer_of", layer_of)):
+        if t.dim() != 2 or t.shape[0] != b:
+            raise ValueError(f"{name} must be [{b}, K], got {list(t.shape)}")
+    if not strength.shape == preserve.shape == layer_of.shape:
+        raise ValueError(f"strength, preserve and layer_of must have one shape, got {list(strength.shape)}, "
+                         f"{list(preserve.shape)}, {list(layer_of.shape)}")
+    labels = label_map.long()
     inside = labels >= 0
-    part = labels.clamp(min=0)
-    zero = torch.zeros((), dtype=original.dtype, device=dev)
+    part = labels.clamp(min=0).flatten(1)  # [B, H·W]
+    shape = labels.shape
+    zero = torch.zeros((), dtype=original.dtype, device=original.device)
     # the same product as soft_masks' (1·ramp) times the strength, so alphas match it bit for bit
-    alpha = feather_ramp(labels, feather_px) * torch.as_tensor(list(strength), dtype=original.dtype, device=dev)[part]
-    alpha = torch.where(inside, alpha, zero)
-    pairs = sorted(set(zip(layer_of, preserve)))
-    pair_of = torch.as_tensor([pairs.index(p) for p in zip(layer_of, preserve)], device=dev)[part]
-    acc = torch.zeros_like(original)
-    cover = torch.zeros_like(original[0])
-    for j, (layer_index, keep_chroma) in enumerate(pairs):
-        a = torch.where(pair_of == j, alpha, zero) if len(pairs) > 1 else alpha
-        layer = stylized_layers[layer_index]
-        if keep_chroma:
-            layer = preserve_color(layer, original)
-        acc += a * layer
-        cover += a
-    blended = original * (1.0 - cover) + acc
-    return torch.where(cover > 0, blended, original)
+    alpha = feather_ramp(labels, feather_px) * strength.to(original.dtype).gather(1, part).view(shape)
+    alpha = torch.where(inside, alpha, zero)[:, None]  # [B, 1, H, W]
+    stylized = layers[0]
+    if len(layers) > 1:
+        which = layer_of.gather(1, part).view(shape)[:, None]
+        for i in range(1, len(layers)):
+            stylized = torch.where(which == i, layers[i], stylized)
+    if not preserve.is_cpu or bool(preserve.any()):  # on a GPU, asking would cost a sync
+        keep = (preserve.gather(1, part).view(shape) & inside)[:, None]
+        stylized = torch.where(keep, preserve_color(stylized, original), stylized)
+    blended = original * (1.0 - alpha) + alpha * stylized
+    return torch.where(alpha > 0, blended, original)
 
 
 def to_uint8(image: Tensor) -> Tensor:
-    """``[3, H, W]`` float in [0, 1] -> ``uint8 [H, W, 3]`` (rounded); u/255 round-trips exactly."""
-    return (image.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous()
+    """``[..., 3, H, W]`` float in [0, 1] -> ``uint8 [..., H, W, 3]`` (rounded); u/255 round-trips exactly."""
+    return (image.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8).movedim(-3, -1).contiguous()
 
 
 PALETTE: list[tuple[int, int, int]] = [

@@ -79,6 +79,9 @@ class ResourcesConfig(_Model):
     stages (PIL, in parallel tasks); ``auto``: ``device`` on GPU actors when the cluster has fewer than
     4 CPUs per GPU (then CPU decoding would starve the GPUs), else ``cpu`` (measured on an H200 with 16
     CPUs: nvjpeg inside the actor gains nothing there, the CPU tasks decode in parallel for free).
+    ``precision``: the multi-style network's arithmetic on GPU actors (channels-last ``fp16``/``bf16``
+    where the quality gate holds: PSNR >= 40 dB against fp32 on real-looking images, see
+    benchmarks/feedforward.py section d); CPU actors always run fp32.
     """
 
     actors: int | Literal["auto"] = 1
@@ -88,6 +91,7 @@ class ResourcesConfig(_Model):
     fuse_stages: Literal["auto"] | bool = "auto"
     cpu_fallback: bool = True
     jpeg_codec: Literal["auto", "device", "cpu"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     @field_validator("actors", mode="before")
     @classmethod

@@ -39,8 +39,9 @@ big map); "nearest ×2 upsample + reflect pad + 3×3 conv" is one 3×3 conv with
 channels on the replicate-padded low-resolution map plus a pixel shuffle (exact; no 4× bigger
 intermediate); norms work in place; statistics use the vectorized batch-norm kernel on pixel
 blocks combined in float64; the per-pixel γ/β maps are GEMMs over cache-sized chunks of pixels
-in reusable buffers, never materialised whole. On CUDA the plain pad + conv is used, and with
-autograd recording everything runs out of place (:func:`_per_pixel_norm_reference`).
+in reusable buffers, never materialised whole. On CUDA the plain pad + conv is used and the per-pixel
+norm is whole-batch GEMMs in float32 (also for fp16/bf16 networks); with autograd recording everything
+runs out of place (:func:`_per_pixel_norm_reference`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class _Style:
         key = (stride, h, w)
         if key not in self._sums:
             assert self.pyramid is not None
-            m = self.pyramid[stride][:, :, :h, :w].flatten(2)  # [B, K, h·w]
+            m = self.pyramid[stride][:, :, :h, :w].flatten(2).float()  # [B, K, h·w]; fp16 sums would overflow
             n = m.sum(2, keepdim=True).double().clamp_min(torch.finfo(torch.float64).tiny)
             self._sums[key] = (n, torch.bmm(m, m.transpose(1, 2)).double())
         return self._sums[key]
@@ -123,9 +124,12 @@ def _instance_stats(y: Tensor) -> tuple[Tensor, Tensor]:
 
     CPU: the channels-last batch-norm statistics kernel, run on blocks of pixels (each block
     viewed as rows of ≥ 32 floats, so channel counts as small as 3 still vectorize) and
-    combined in float64. Elsewhere: the batch-norm statistics of each image.
+    combined in float64. Elsewhere: one batched float32 reduction.
     """
     b, c, h, w = y.shape
+    if not y.is_cpu:  # one batched reduction (a per-image loop costs a launch per image and layer)
+        var, mean = torch.var_mean(y.float(), dim=(2, 3), correction=0)
+        return mean, var
     means, variances = [], []
     for i in range(b):
         yi = y[i : i + 1]
@@ -205,7 +209,7 @@ class ConditionalInstanceNorm2d(nn.Module):
         h, w = y.shape[2:]
         n, gram = style.sums(stride, h, w)  # [B, K, 1], [B, K, K]
         gk, bk = gamma[style.active], beta[style.active]
-        if grad:
+        if grad or not y.is_cpu:  # GPUs: whole-batch GEMMs (per-image chunked loops cost launches, not memory)
             return _per_pixel_norm_reference(y, style.maps(stride, h, w), n, gk, bk, self.eps, relu)
         y = y.contiguous(memory_format=torch.channels_last)
         _per_pixel_norm_(y, style.maps(stride, h, w), n, gram, gk, bk, self.eps, relu)
@@ -306,7 +310,18 @@ def _per_pixel_norm_(
 def _per_pixel_norm_reference(
     y: Tensor, wmap: Tensor, n: Tensor, gk: Tensor, bk: Tensor, eps: float, relu: bool
 ) -> Tensor:
-    """What :func:`_per_pixel_norm_` computes, written plainly: whole tensors, out of place, differentiable."""
+    """What :func:`_per_pixel_norm_` computes, written plainly: whole tensors, out of place, differentiable.
+
+    Also the GPU inference path: batched GEMMs in float32 whatever ``y``'s dtype (fp16 sums over a
+    whole map would overflow), with autocast off for the same reason; the result has ``y``'s dtype.
+    """
+    with torch.autocast(y.device.type, enabled=False):
+        return _per_pixel_norm_fp32(y, wmap, n, gk, bk, eps, relu)
+
+
+def _per_pixel_norm_fp32(
+    y: Tensor, wmap: Tensor, n: Tensor, gk: Tensor, bk: Tensor, eps: float, relu: bool
+) -> Tensor:
     b, c, h, w = y.shape
     k = wmap.shape[-1]
     yv = y.permute(0, 2, 3, 1).reshape(b, h * w, c).float()

@@ -177,7 +177,8 @@ def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_ro
     ds = ds.map_batches(
         Stylizer,
         fn_constructor_kwargs={"plan": cfg.plan, "opts": opts, "gpus": placement.gpus_per_actor,
-                               "threads": placement.threads, "fused": placement.fused},
+                               "threads": placement.threads, "fused": placement.fused,
+                               "precision": cfg.resources.precision},
         compute=pool,
         num_gpus=placement.gpus_per_actor or None,
         num_cpus=placement.cpus_per_actor,

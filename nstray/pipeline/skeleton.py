@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nstray import _runtime
 from nstray.config import ResourcesConfig
 from nstray.pipeline.lease import Lease
 from nstray.pipeline.lease import acquire as acquire_lease
@@ -118,7 +119,8 @@ def _cluster_resources() -> tuple[float, float]:
 # CPU actors: glibc keeps freed memory for reuse (torch's CPU allocator has no cache, so every big
 # intermediate is otherwise a fresh mmap + page faults) and idle OpenMP threads sleep instead of
 # spinning against the other actors' threads. Measured 1.2–1.4× by benchmarks/feedforward.py.
-_CPU_ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}
+# (nstray/_runtime.py applies the same at import; the variables also cover what loads before nstray)
+_CPU_ACTOR_ENV = _runtime.CPU_ENV
 # the driver's storage settings reach every worker (never credentials: workers find those themselves)
 _FORWARDED_ENV = ("NSTRAY_S3_MAX_ATTEMPTS", "NSTRAY_S3_RETRY_SECONDS", "NSTRAY_S3_CONNECT_TIMEOUT",
                   "NSTRAY_S3_READ_TIMEOUT", "AWS_ENDPOINT_URL",

@@ -489,7 +489,7 @@ class Stylizer:
     """
 
     def __init__(self, plan: dict, opts: StageOptions, *, gpus: float = 0.0, threads: int = 1,
-                 fused: bool = False) -> None:
+                 fused: bool = False, precision: str = "fp32") -> None:
         import torch
 
         from nstray.assets import load_plan_assets
@@ -501,7 +501,8 @@ class Stylizer:
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
         parsed = load_plan(plan)
         self.stylizer = PartStylizer(parsed, device=self.device,
-                                     assets=load_plan_assets(parsed, max_pixels=opts.max_pixels))
+                                     assets=load_plan_assets(parsed, max_pixels=opts.max_pixels),
+                                     precision=precision if self.device == "cuda" else "fp32")
         self.models = json.dumps(model_ids(parsed), sort_keys=True)
         self.worker = json.dumps(worker_info(self.device), sort_keys=True)
         self.opts = opts
