@@ -15,6 +15,8 @@
 #             job end to end, six-part plan, JPEG in and out: images/s per GPU overall and steady, GPU
 #             utilisation, busy share per stage, cost per million images at PRICE USD/GPU-hour;
 #             run A at PRECISION (fp16) -> $OUT/pipe_a.json, run B at fp32 -> $OUT/pipe_b.json
+#   augment   online style augmentation (nstray.augment.PartStyle) per image at SIZE², random and plan mode,
+#             vs a plain copy                                                                -> $OUT/augment.json
 #   nvjpeg profile optimize   the older checks, on request
 # Everything the steps print goes to $OUT/steps.log; stdout gets the key lines.
 #
@@ -85,6 +87,11 @@ if want path; then
   step path 130 60 $PY benchmarks/stylize_path.py --device "$DEVICE" --size "$SIZE" --batches ${PATH_BATCHES:-16 64} \
     --images "${PATH_IMAGES:-64}" --repeats 3 --json "$OUT/path.json"
   key "^batch|vs fp32|Error|error"
+fi
+if want augment; then
+  step augment 70 30 $PY benchmarks/augment_cost.py --device "$DEVICE" --size "$SIZE" --images "${AUG_IMAGES:-32}" \
+    --repeats 3 --json "$OUT/augment.json"
+  key "ms/image|Error|error"
 fi
 if want pipeline; then
   DS=/tmp/nstray-ds-$SIZE-${IMAGES:-5000}
