@@ -11,6 +11,7 @@ from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
 from nstray.cli.styling import styles, stylize
 from nstray.cli.train import train_style
+from nstray.cli.video import video
 from nstray.cli.weights import weights
 
 
@@ -29,3 +30,4 @@ main.add_command(demo)
 main.add_command(optimize)
 main.add_command(weights)
 main.add_command(train_style)
+main.add_command(video)

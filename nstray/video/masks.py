@@ -20,14 +20,15 @@ Flows follow :mod:`nstray.video.flow` (``flow_ab`` brings ``b`` onto ``a``'s gri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from nstray.video.flow import FlowEstimator, reliable_mask, warp
 
-__all__ = ["MaskPropagationError", "warp_labels", "propagate", "Reconciler", "stability", "mean_stability"]
+__all__ = ["MaskPropagationError", "warp_labels", "propagate", "Reconciler", "stability", "mean_stability",
+           "propagate_stream"]
 
 
 class MaskPropagationError(ValueError):
@@ -155,3 +156,24 @@ def mean_stability(per_frame: Sequence[dict[int, float]], categories: Sequence[s
             acc.setdefault(categories[k] if k < len(categories) else f"label {k}", []).append(iou)
             acc.setdefault("all", []).append(iou)
     return {k: float(np.mean(v)) for k, v in sorted(acc.items())}
+
+
+def propagate_stream(frames: Iterable[np.ndarray], keyframe_labels: Callable[[int], np.ndarray | None],
+                     n_labels: int, *, flow: str = "dis-medium") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(frame, label map)`` for each of ``frames``, labels from ``keyframe_labels(i)`` where it gives them and
+    propagated (:func:`propagate`) elsewhere. Holds only the frames between two keyframes."""
+    buf: list[np.ndarray] = []
+    keys: dict[int, np.ndarray] = {}  # buffer index -> label map
+    for i, frame in enumerate(frames):
+        lm = keyframe_labels(i)
+        buf.append(frame)
+        if lm is None:
+            continue
+        keys[len(buf) - 1] = lm
+        labels = propagate(buf, keys, n_labels, flow=flow)
+        yield from zip(buf[:-1], labels[:-1])
+        buf, keys = [frame], {0: lm}  # the keyframe opens the next gap
+    if buf:
+        if not keys:
+            raise MaskPropagationError("no frame has masks; annotate at least one frame")
+        yield from zip(buf, propagate(buf, keys, n_labels, flow=flow))

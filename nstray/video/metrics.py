@@ -27,7 +27,7 @@ import numpy as np
 
 from nstray.video.flow import FlowEstimator, reliable_mask, warp
 
-__all__ = ["METRIC_FLOW", "MetricError", "FrameFlow", "WarpingError", "ssim", "VideoMetrics", "measure"]
+__all__ = ["METRIC_FLOW", "MetricError", "FrameFlow", "WarpingError", "ssim", "VideoMetrics", "Meter", "measure"]
 
 METRIC_FLOW = "farneback"
 
@@ -117,52 +117,91 @@ class VideoMetrics:
                 "per_frame_warping_error": self.per_frame_warping_error}
 
 
+class Meter:
+    """Streamed figures of several styled versions of one original video, sharing one flow per frame pair.
+
+    ``names``: the styled versions (e.g. ``naive``, ``stabilized``); ``reference``: the one the others'
+    SSIM is taken against (the naive per-frame result), or None. Feed frames in order with :meth:`add`.
+    """
+
+    def __init__(self, names: Sequence[str], *, reference: str | None = None, categories: Sequence[str] = (),
+                 estimator: str = METRIC_FLOW) -> None:
+        self.names = list(names)
+        self.reference = reference
+        self.categories = list(categories)
+        self._est = FlowEstimator(estimator)
+        self._src = WarpingError()
+        self._err = {n: WarpingError() for n in self.names}
+        self._strength = {n: 0.0 for n in self.names}
+        self._part_strength: dict[str, dict[int, list[float]]] = {n: {} for n in self.names}
+        self._ssim: dict[str, list[float]] = {n: [] for n in self.names}
+        self._prev: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+        self.frames = 0
+
+    def add(self, original: np.ndarray, styled: dict[str, np.ndarray], labels: np.ndarray | None = None) -> None:
+        """One frame: the original and each named styled version (same size); optional label map."""
+        for name, s in styled.items():
+            if s.shape != original.shape:
+                raise MetricError(f"frame {self.frames}: original is {list(original.shape)} but {name} is "
+                                  f"{list(s.shape)}; compare videos of the same size")
+        lab = None if labels is None else np.where(np.asarray(labels) < 0, -1, np.asarray(labels))
+        if self._prev is not None:
+            prev_o, prev_s = self._prev
+            fwd, bwd = self._est.both(original, prev_o)
+            ff = FrameFlow(fwd, reliable_mask(fwd, bwd))
+            self._src.add(prev_o, original, ff)
+            for name in self.names:
+                self._err[name].add(prev_s[name], styled[name], ff, lab)
+        ref = styled.get(self.reference) if self.reference else None
+        for name in self.names:
+            diff = np.abs(_f(styled[name]) - _f(original)).mean(-1)
+            self._strength[name] += float(diff.mean())
+            if lab is not None:
+                for k in np.unique(lab):
+                    self._part_strength[name].setdefault(int(k), []).append(float(diff[lab == k].mean()))
+            if ref is not None:
+                self._ssim[name].append(ssim(styled[name], ref))
+        self._prev = (original, dict(styled))
+        self.frames += 1
+
+    def _name(self, k: int) -> str:
+        return "background" if k < 0 else (self.categories[k] if k < len(self.categories) else f"label {k}")
+
+    def result(self) -> dict[str, VideoMetrics]:
+        """The figures of each named version."""
+        if self.frames == 0:
+            raise MetricError("no frames to measure")
+        out = {}
+        for name in self.names:
+            parts: dict[str, dict[str, list[float]]] = {}
+            for k, err in self._err[name].per_label().items():
+                parts.setdefault(self._name(k), {}).setdefault("warping_error", []).append(err)
+            for k, vals in self._part_strength[name].items():
+                parts.setdefault(self._name(k), {}).setdefault("style_strength", []).extend(vals)
+            out[name] = VideoMetrics(
+                frames=self.frames, warping_error=self._err[name].mean, source_warping_error=self._src.mean,
+                style_strength=self._strength[name] / self.frames,
+                ssim_to_naive=float(np.mean(self._ssim[name])) if self._ssim[name] else None,
+                parts={p: {m: float(np.mean(v)) for m, v in d.items()} for p, d in sorted(parts.items())},
+                per_frame_warping_error=self._err[name].per_frame)
+        return out
+
+
 def measure(original: Iterable[np.ndarray], styled: Iterable[np.ndarray], *,
             naive: Iterable[np.ndarray] | None = None, labels: Iterable[np.ndarray] | None = None,
             categories: Sequence[str] = (), estimator: str = METRIC_FLOW) -> VideoMetrics:
     """Measure ``styled`` against ``original`` (same length and size; streamed, two frames held at a time).
 
-    ``naive``: the per-frame styled result, for SSIM. ``labels`` + ``categories``: per-frame label maps
-    and the name of each label (negative labels are ``background``) for per-part figures.
+    ``naive``: the per-frame styled result, for SSIM. ``labels``: per-frame label maps, with
+    ``categories`` naming each label (negative labels are ``background``), for per-part figures.
     """
-    est = FlowEstimator(estimator)
-    src_err, sty_err = WarpingError(), WarpingError()
-    strength_sum, ssims, n = 0.0, [], 0
-    part_strength: dict[int, list[float]] = {}
+    meter = Meter(["styled", "naive"] if naive is not None else ["styled"],
+                  reference="naive" if naive is not None else None, categories=categories, estimator=estimator)
     naive_it = iter(naive) if naive is not None else None
     label_it = iter(labels) if labels is not None else None
-    prev_o = prev_s = None
     for o, s in zip(original, styled, strict=True):
-        if o.shape != s.shape:
-            raise MetricError(f"frame {n}: original is {list(o.shape)} but styled is {list(s.shape)}; "
-                              f"compare videos of the same size")
-        lab = None
-        if label_it is not None:
-            lab = np.asarray(next(label_it))
-            lab = np.where(lab < 0, -1, lab)
-        if prev_o is not None:
-            fwd, bwd = est.both(o, prev_o)
-            ff = FrameFlow(fwd, reliable_mask(fwd, bwd))
-            src_err.add(prev_o, o, ff)
-            sty_err.add(prev_s, s, ff, lab)
-        diff = np.abs(_f(s) - _f(o)).mean(-1)
-        strength_sum += float(diff.mean())
-        if lab is not None:
-            for k in np.unique(lab):
-                part_strength.setdefault(int(k), []).append(float(diff[lab == k].mean()))
+        frames = {"styled": s}
         if naive_it is not None:
-            ssims.append(ssim(s, next(naive_it)))
-        n += 1
-        prev_o, prev_s = o, s
-    if n == 0:
-        raise MetricError("no frames to measure")
-    parts: dict[str, dict[str, float]] = {}
-    for k, err in sty_err.per_label().items():
-        name = "background" if k < 0 else (categories[k] if k < len(categories) else f"label {k}")
-        parts.setdefault(name, {})["warping_error"] = err
-    for k, vals in part_strength.items():
-        name = "background" if k < 0 else (categories[k] if k < len(categories) else f"label {k}")
-        parts.setdefault(name, {})["style_strength"] = float(np.mean(vals))
-    return VideoMetrics(frames=n, warping_error=sty_err.mean, source_warping_error=src_err.mean,
-                        style_strength=strength_sum / n, ssim_to_naive=float(np.mean(ssims)) if ssims else None,
-                        parts=parts, per_frame_warping_error=sty_err.per_frame)
+            frames["naive"] = next(naive_it)
+        meter.add(o, frames, None if label_it is None else next(label_it))
+    return meter.result()["styled"]
