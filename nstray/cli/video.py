@@ -145,6 +145,8 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
                 if meter is not None:
                     meter.add(sf.original, {"naive": sf.naive, "stabilized": sf.output}, sf.labels)
                 bar.update(1)
+            if max_frames is not None and reader.frames_read >= max_frames:
+                writer.audio_until_s = writer.duration_s  # only part of the video: as much audio
     except (VideoError, StylizeError) as exc:
         _fail(str(exc))
     except Exception as exc:  # masks that do not fit the video: name the record, no traceback

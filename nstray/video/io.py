@@ -235,13 +235,14 @@ class VideoWriter:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.width, self.height = int(width), int(height)
         self.enc_w, self.enc_h = self.width + self.width % 2, self.height + self.height % 2
-        self._out = av.open(self.path, mode="w")
+        # faststart: the index goes first, so a file cut short later still plays (and reads) up to the cut
+        self._out = av.open(self.path, mode="w", options={"movflags": "+faststart"})
         if (self.enc_w, self.enc_h) != (self.width, self.height):
             self._out.metadata["comment"] = f"nstray:size={self.width}x{self.height}"
         self._v = self._out.add_stream("libx264", rate=Fraction(fps))
         self._v.width, self._v.height, self._v.pix_fmt = self.enc_w, self.enc_h, "yuv420p"
-        tb = Fraction(time_base) if time_base else 1 / Fraction(fps)
-        self._v.time_base = tb
+        tb = self._tb = Fraction(time_base) if time_base else 1 / Fraction(fps)
+        self._v.time_base = tb  # the muxer may pick another once open: pts below stay in ``tb``
         self._v.codec_context.time_base = tb  # frame pts are in the source's time base
         self._v.options = {"crf": str(int(crf)), "preset": preset}
         self._fps = Fraction(fps)
@@ -265,7 +266,16 @@ class VideoWriter:
         return self
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        self.close()
+        self.close(audio_until_s=self.audio_until_s)
+
+    audio_until_s: float | None = None  # set before leaving the ``with`` block to trim the copied audio
+
+    @property
+    def duration_s(self) -> float:
+        """The end of the last written frame, in seconds."""
+        if self._last_pts is None:
+            return 0.0
+        return float(self._last_pts * self._tb) + 1.0 / float(self._fps)
 
     @property
     def frames_written(self) -> int:
@@ -282,7 +292,7 @@ class VideoWriter:
             rgb = np.pad(rgb, ((0, self.enc_h - self.height), (0, self.enc_w - self.width), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         if pts is None:  # no source timing: a constant rate
-            pts = round(self._frames / (self._fps * self._v.time_base))
+            pts = round(self._frames / (self._fps * self._tb))
         if self._last_pts is not None and pts <= self._last_pts:  # encoders need strictly rising pts
             pts = self._last_pts + 1
         frame.pts = int(pts)
@@ -290,7 +300,7 @@ class VideoWriter:
         for packet in self._v.encode(frame):
             self._out.mux(packet)
         self._frames += 1
-        self._pump_audio(float(frame.pts * self._v.time_base) + 1.0)
+        self._pump_audio(float(frame.pts * self._tb) + 1.0)
 
     def _pump_audio(self, until_s: float | None) -> None:
         """Mux source audio packets up to ``until_s`` seconds (all when None), keeping their bytes."""
@@ -313,15 +323,16 @@ class VideoWriter:
             pkt.stream = self._audio_out
             self._out.mux(pkt)
 
-    def close(self) -> None:
-        """Flush the encoder, write the remaining audio and close the file."""
+    def close(self, *, audio_until_s: float | None = None) -> None:
+        """Flush the encoder, write the remaining audio (up to ``audio_until_s`` seconds: pass the video's end
+        when only part of the source was styled) and close the file."""
         if self._out is None:
             return
         try:
             if self._frames:
                 for packet in self._v.encode(None):
                     self._out.mux(packet)
-            self._pump_audio(None)
+            self._pump_audio(audio_until_s)
         finally:
             self._out.close()
             self._out = None
