@@ -88,7 +88,7 @@ def label_frames(frames: Iterable, masks, *, keyframes: bool = False, reconcile:
 
         def pixels() -> Iterator[np.ndarray]:
             for f in frames:
-                by_index[len(by_index)] = f
+                by_index[f.index] = f  # decode order: f.index counts 0, 1, 2, ... as propagate_stream does
                 yield f.rgb
 
         def key(i: int) -> np.ndarray | None:
