@@ -78,6 +78,7 @@ class Stabilizer:
 
     ``strength``: the consistency knob in ``[0, 1]``. ``flow``: the estimator (:data:`DEFAULT_FLOW`).
     ``noise``: the source noise level (``[0, 1]`` units) below which a pixel counts as unchanged.
+    ``gate_blur``: σ (px) of a Gaussian blur of the source change before the stillness gate.
     ``denoise``: weight of the input's temporal average (0: the network sees the raw frame).
     ``long_term``: pull towards the reference output; ``ref_every``: frames between reference refreshes.
     Defaults are the measured best (see ``benchmarks/video.py``): input denoising and the long-term pull
@@ -85,7 +86,7 @@ class Stabilizer:
     """
 
     def __init__(self, strength: float = 0.8, *, flow: str = DEFAULT_FLOW, noise: float = 0.08,
-                 denoise: float = 0.0, ref_every: int = 8, long_term: float = 0.0,
+                 denoise: float = 0.0, ref_every: int = 8, long_term: float = 0.0, gate_blur: float = 0.0,
                  cut_reliable: float = 0.2, cut_diff: float = 0.2) -> None:
         if not 0.0 <= strength <= 1.0:
             raise StabilizeError(f"strength must be in [0, 1], got {strength}")
@@ -93,6 +94,7 @@ class Stabilizer:
         self.denoise = float(denoise)
         self.long_term = float(long_term)
         self.noise = float(noise)
+        self.gate_blur = float(gate_blur)
         self.ref_every = int(ref_every)
         self.cut_reliable, self.cut_diff = float(cut_reliable), float(cut_diff)
         self._est = FlowEstimator(flow) if strength > 0 or denoise > 0 else None
@@ -154,6 +156,8 @@ class Stabilizer:
         a = (self.denoise * ok * agree)[..., None]
         den = s + a * (wd - s)
         self._den = den
+        if self.gate_blur > 0:  # resampling error is fine-grained, real change is not: judge stillness smoothed
+            still = cv2.GaussianBlur(still, (0, 0), self.gate_blur)
         weight = self.strength * ok * np.exp(-(still / self.noise) ** 2)
         self._cur = (src, fwd, ok, weight)
         self._pending_labels = labels
