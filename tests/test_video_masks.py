@@ -11,7 +11,7 @@ import pytest
 from nstray.data.masksource import CocoParts, MaskSourceError, WholeFrame
 from nstray.data.synth_video import generate_video, render_video
 from nstray.data.video_annotations import VideoMasks, load_video_annotations, parse_video_annotations
-from nstray.video.flow import FlowEstimator
+from nstray.video.flow import FlowEstimator, reliable_mask
 from nstray.video.masks import Reconciler, mean_stability, propagate, propagate_stream, stability
 
 
@@ -64,7 +64,7 @@ def test_propagation_beats_holding_the_nearest_keyframe():
 
 
 def test_reconciliation_steadies_jittering_masks():
-    frames, owners, cats = _render(8)
+    frames, owners, cats = _render(16)
     rng = np.random.default_rng(0)
     jittered = []
     for o in owners:  # per-frame annotation noise: parts grown or shrunk by a pixel at random
@@ -76,10 +76,11 @@ def test_reconciliation_steadies_jittering_masks():
     reconciled = [rec(f, j) for f, j in zip(frames, jittered)]
     est = FlowEstimator()
     raw, rec_s = [], []
-    for t in range(1, 8):
-        flow = est(frames[t], frames[t - 1])
-        raw.append(stability(jittered[t - 1], jittered[t], flow))
-        rec_s.append(stability(reconciled[t - 1], reconciled[t], flow))
+    for t in range(1, 16):
+        flow, back = est.both(frames[t], frames[t - 1])
+        ok = reliable_mask(flow, back)
+        raw.append(stability(jittered[t - 1], jittered[t], flow, ok))
+        rec_s.append(stability(reconciled[t - 1], reconciled[t], flow, ok))
     assert mean_stability(rec_s, cats)["all"] > mean_stability(raw, cats)["all"]
 
 

@@ -70,7 +70,7 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
 @click.option("--side-by-side", is_flag=True, help="Write original | naive | stabilized next to each other.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--gif", "gif_path", default=None,
-              help="Also write a GIF preview (at most 40 frames, 240 px wide per panel).")
+              help="Also write a GIF preview (at most 30 frames, 240 px wide per panel).")
 @click.option("--size", type=click.IntRange(min=16), default=None, help="Longest side in px to style at (downscale).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower = better).")
 @click.option("--metrics", "with_metrics", is_flag=True,
@@ -124,7 +124,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
     total = min(info.frames, max_frames) if info.frames and max_frames else (info.frames or max_frames)
     times = StageTimes()
     gif_frames: list = []
-    gif_every = max(1, -(-(total or 40) // 40))
+    gif_every = max(1, -(-(total or 30) // 30))
     t_start = time.perf_counter()
     encode_s = 0.0
     try:
@@ -141,7 +141,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
                 t = time.perf_counter()
                 writer.write(frame, sf.pts)
                 encode_s += time.perf_counter() - t
-                if gif_path and sf.index % gif_every == 0 and len(gif_frames) < 40:
+                if gif_path and sf.index % gif_every == 0 and len(gif_frames) < 30:
                     gif_frames.append(frame)
                 if meter is not None:
                     meter.add(sf.original, {"naive": sf.naive, "stabilized": sf.output}, sf.labels)

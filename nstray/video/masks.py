@@ -10,10 +10,10 @@ Flows follow :mod:`nstray.video.flow` (``flow_ab`` brings ``b`` onto ``a``'s gri
   by distance: a frame ``d₁`` after keyframe ``a`` and ``d₂`` before keyframe ``b`` takes weight
   ``d₂/(d₁+d₂)`` from ``a``'s side; then argmax. Past the last keyframe only the forward side exists.
 * **Reconciliation** (:class:`Reconciler`): per-frame masks (annotated or segmented per frame)
-  jitter by a pixel or two at part edges. Near the frame's own label edges (within ``band`` px) and
-  where the flow is reliable, the label is taken from the previous reconciled map warped onto this
-  frame; elsewhere from the frame's own labels — so real changes (a part appearing, a large motion)
-  come through, edge jitter does not.
+  jitter by a pixel or two at part edges. Where the flow is reliable, each pixel's label is a vote
+  between the frame's own label and the previous reconciled labels carried along the flow (a soft
+  running average of one-hot maps); elsewhere the frame's own label — so lasting changes (a part
+  appearing, a large motion) come through within a frame or two, edge jitter does not.
 * **Stability** (:func:`stability`): IoU per label between a frame's label map and the previous one
   warped by the flow — 1.0 is a part whose mask moves exactly with the image.
 """
@@ -98,36 +98,43 @@ def propagate(frames: Sequence[np.ndarray], keyframes: dict[int, np.ndarray], n_
     return out
 
 
-def _edge_band(lm: np.ndarray, band: int) -> np.ndarray:
-    """Pixels within ``band`` px of a label edge."""
-    k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
-    f = lm.astype(np.float32)
-    return cv2.dilate(f, k) != cv2.erode(f, k)
-
-
 class Reconciler:
-    """Per-frame label maps reconciled in time (see the module docstring); feed frames in order."""
+    """Per-frame label maps reconciled in time (see the module docstring); feed frames in order.
 
-    def __init__(self, *, band: int = 2, flow: str = "dis-medium") -> None:
-        self.band = int(band)
+    Keeps a soft label map ``P`` (one probability per label and pixel): where the flow to the previous
+    frame is reliable, ``P = memory · warp(P_prev) + (1 − memory) · onehot(own labels)``, elsewhere the
+    frame's own labels; the output is its argmax. A label flipping back and forth by a pixel at an edge
+    is outvoted; a lasting change wins within a couple of frames.
+    """
+
+    def __init__(self, *, memory: float = 0.8, flow: str = "dis-medium") -> None:
+        if not 0.0 <= memory < 1.0:
+            raise MaskPropagationError(f"memory must be in [0, 1), got {memory}")
+        self.memory = float(memory)
         self._est = FlowEstimator(flow)
-        self._frame: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
+        self.reset()
 
     def reset(self) -> None:
-        self._frame = self._labels = None
+        self._frame: np.ndarray | None = None
+        self._p: np.ndarray | None = None
 
     def __call__(self, frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The reconciled label map of ``frame`` given its own ``labels``."""
+        n = int(labels.max()) + 1 if labels.size else 0
+        if self._p is not None:
+            n = max(n, self._p.shape[2] - 1)
+        own = _onehot(labels.astype(np.int32), n)
         if self._frame is None or self._frame.shape != frame.shape:
-            out = labels.astype(np.int32)
+            p = own
         else:
+            prev = self._p
+            if prev.shape[2] < n + 1:  # a label seen for the first time
+                prev = np.concatenate([prev, np.zeros(prev.shape[:2] + (n + 1 - prev.shape[2],), np.float32)], 2)
             fwd, bwd = self._est.both(frame, self._frame)
-            carried = warp_labels(self._labels, fwd)
-            use = reliable_mask(fwd, bwd) & _edge_band(labels, self.band)
-            out = np.where(use, carried, labels).astype(np.int32)
-        self._frame, self._labels = frame, out
-        return out
+            ok = reliable_mask(fwd, bwd)[..., None]
+            p = np.where(ok, self.memory * _warp_soft(prev, fwd) + (1.0 - self.memory) * own, own)
+        self._frame, self._p = frame, p
+        return p.argmax(-1).astype(np.int32) - 1
 
 
 def stability(prev: np.ndarray, cur: np.ndarray, flow: np.ndarray, valid: np.ndarray | None = None) -> dict[int, float]:

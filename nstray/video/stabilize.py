@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nstray.video.flow import FlowEstimator, compose, reliable_mask, warp
+from nstray.video.flow import FlowEstimator, compose, consistency, warp
 
 __all__ = ["StabilizeError", "Stabilizer", "StabilizerStats", "DEFAULT_FLOW"]
 
@@ -78,6 +78,7 @@ class Stabilizer:
 
     ``strength``: the consistency knob in ``[0, 1]``. ``flow``: the estimator (:data:`DEFAULT_FLOW`).
     ``noise``: the source noise level (``[0, 1]`` units) below which a pixel counts as unchanged.
+    ``boundaries``: also distrust motion boundaries (False: occlusions only; the stillness gate still applies).
     ``gate_blur``: σ (px) of a Gaussian blur of the source change before the stillness gate.
     ``denoise``: weight of the input's temporal average (0: the network sees the raw frame).
     ``long_term``: pull towards the reference output; ``ref_every``: frames between reference refreshes.
@@ -87,7 +88,7 @@ class Stabilizer:
 
     def __init__(self, strength: float = 0.9, *, flow: str = DEFAULT_FLOW, noise: float = 0.15,
                  denoise: float = 0.0, ref_every: int = 6, long_term: float = 0.6, gate_blur: float = 2.0,
-                 cut_reliable: float = 0.2, cut_diff: float = 0.2) -> None:
+                 boundaries: bool = True, cut_reliable: float = 0.2, cut_diff: float = 0.2) -> None:
         if not 0.0 <= strength <= 1.0:
             raise StabilizeError(f"strength must be in [0, 1], got {strength}")
         self.strength = float(strength)
@@ -95,6 +96,7 @@ class Stabilizer:
         self.long_term = float(long_term)
         self.noise = float(noise)
         self.gate_blur = float(gate_blur)
+        self.boundaries = bool(boundaries)
         self.ref_every = int(ref_every)
         self.cut_reliable, self.cut_diff = float(cut_reliable), float(cut_diff)
         self._est = FlowEstimator(flow) if strength > 0 or denoise > 0 else None
@@ -132,7 +134,8 @@ class Stabilizer:
                 self._den = _f(src)
             return src
         fwd, bwd = self._est.both(src, self._src)  # current -> previous, previous -> current
-        ok = reliable_mask(fwd, bwd)
+        occluded, boundary = consistency(fwd, bwd)
+        ok = ~(occluded | boundary) if self.boundaries else ~occluded
         s = _f(src)
         warped_src = warp(_f(self._src), fwd)
         still = np.abs(s - warped_src).max(-1)
