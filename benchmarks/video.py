@@ -92,7 +92,7 @@ def _fig(m, base) -> dict:
 
 def bench_video(path: Path, args: argparse.Namespace, stylizer: PartStylizer) -> dict:
     with VideoReader(path, max_frames=args.max_frames, size=args.size) as rd:
-        info, size = rd.info, rd.out_size
+        info = rd.info
         t = time.perf_counter()
         originals = [f.rgb for f in rd]
         decode_s = time.perf_counter() - t
