@@ -35,22 +35,22 @@ def _run(*args):
 
 
 def test_synthetic_labeled_video_styled_by_parts_with_metrics(tmp_path, plan):
-    r = _run("datasets", "synth", tmp_path / "v", "--video", "--frames", "8", "--width", "128", "--height", "80")
+    r = _run("datasets", "synth", tmp_path / "v", "--video", "--frames", "5", "--width", "128", "--height", "80")
     assert r.exit_code == 0, r.output
     out = tmp_path / "out.mp4"
     r = _run("video", tmp_path / "v" / "video.mp4", "--out", out, "--plan", plan, "--annotations",
              tmp_path / "v" / "annotations.json", "--metrics", "--gif", tmp_path / "p.gif", "--side-by-side")
     assert r.exit_code == 0, r.output
-    assert "warping error: naive" in r.output and "8 frames 384x80" in r.output
+    assert "warping error: naive" in r.output and "5 frames 384x80" in r.output
     info = probe(out)
-    assert info.frames == 8 and info.fps == 10 and (info.width, info.height) == (384, 80)
+    assert info.frames == 5 and info.fps == 10 and (info.width, info.height) == (384, 80)
     naive, stab = (float(x.split()[0].rstrip(",")) for x in r.output.split("warping error: naive ")[1].split(", stabilized ")[:2])
     assert stab < naive
     r = _run("video", "metrics", tmp_path / "v" / "video.mp4", tmp_path / "v" / "video.mp4", "--json",
              "--annotations", tmp_path / "v" / "annotations.json")
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)["styled"]
-    assert m["frames"] == 8 and m["style_strength"] == 0.0 and "body" in m["parts"]
+    assert m["frames"] == 5 and m["style_strength"] == 0.0 and "body" in m["parts"]
 
 
 def test_keyframe_propagation_from_the_cli(tmp_path, plan):
@@ -78,10 +78,10 @@ def test_unlabeled_video_whole_frame_and_errors(tmp_path, plan):
 def test_real_video_keeps_audio_count_and_fps(tmp_path, plan):
     src = VIDEOS / "udacity_vehicle-detection_test_video.mp4"
     out = tmp_path / "o.mp4"
-    r = _run("video", src, "--out", out, "--plan", plan, "--size", "96", "--stabilize", "flow")
+    r = _run("video", src, "--out", out, "--plan", plan, "--size", "96", "--max-frames", "6")
     assert r.exit_code == 0, r.output
     a, b = probe(src), probe(out)
-    assert (b.frames, b.fps, b.audio_codec) == (a.frames, a.fps, "aac")
+    assert (b.frames, b.fps, b.audio_codec) == (6, a.fps, "aac")
 
     def packets(p):
         c = av.open(str(p))
@@ -89,4 +89,6 @@ def test_real_video_keeps_audio_count_and_fps(tmp_path, plan):
         c.close()
         return got
 
-    assert packets(src) == packets(out)
+    got = packets(out)  # the audio of the styled part only: the source's first packets, unchanged
+    assert 0 < len(got) < len(packets(src)) and got == packets(src)[: len(got)]
+    assert len(got) * 1024 / 48000 <= 6 / 25 + 0.05  # AAC frames of 1024 samples at 48 kHz: about 0.24 s

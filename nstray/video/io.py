@@ -300,7 +300,7 @@ class VideoWriter:
         for packet in self._v.encode(frame):
             self._out.mux(packet)
         self._frames += 1
-        self._pump_audio(float(frame.pts * self._tb) + 1.0)
+        self._pump_audio(float(frame.pts * self._tb))  # audio up to this frame; the rest on close
 
     def _pump_audio(self, until_s: float | None) -> None:
         """Mux source audio packets up to ``until_s`` seconds (all when None), keeping their bytes."""
