@@ -85,6 +85,17 @@ def test_stabilized_warping_error_is_below_naive_and_strength_zero_is_naive():
     assert m.source_warping_error < m0.warping_error
 
 
+def test_unstyled_pixels_keep_the_source_bytes():
+    frames = moving_frames(5)
+    stab = Stabilizer(0.9)
+    for f in frames:
+        styled = f.copy()
+        styled[:, 32:] = 255 - f[:, 32:]  # the right half styled, the left half left alone by the plan
+        stab.begin(f)
+        out = stab.finish(styled)
+        assert np.array_equal(out[:, :32], f[:, :32])
+
+
 def test_shot_cut_resets():
     a = moving_frames(4, seed=1)
     b = moving_frames(4, seed=2)

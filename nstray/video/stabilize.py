@@ -31,7 +31,8 @@ Choices (and why), each measured on the shared clips (``benchmarks/video.py``):
 * **One knob**, ``strength`` in ``[0, 1]``: 0 is naive per-frame styling (outputs bit-identical to the
   network's), 1 the strongest consistency. ``denoise`` and ``long_term`` are expert settings.
 * **Parts**: with label maps, pixels whose part changed between frames (a part edge moved) are not
-  blended across, so stabilization follows the part masks.
+  blended across, so stabilization follows the part masks; pixels the plan leaves unstyled (the
+  styled frame equals the source there) keep the source's bytes.
 """
 
 from __future__ import annotations
@@ -186,6 +187,10 @@ class Stabilizer:
                 lt = (self.long_term * self._ref_ok * (weight > 0.5 * self.strength))[..., None]
                 y = y + lt * (ref - y)
         out = _u8(y) if self._est is not None else styled
+        if fwd is not None:  # pixels the plan leaves unstyled stay the source's bytes
+            untouched = (styled == src).all(-1)
+            out[untouched] = styled[untouched]
+            y[untouched] = _f(styled[untouched])
         if self._est is not None:
             self._out = y
             self._src = src
