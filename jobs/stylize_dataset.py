@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-module", help="package holding config.yaml (shipped by nstray submit)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS / the job's cluster)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--verify", action="store_true", help="re-read every done output and check its checksum")
     args = parser.parse_args(argv)
 
     import click
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from nstray.cli.jobs import run_config
 
     try:
-        run_config(_config_path(args), address=args.address, progress=not args.no_progress)
+        run_config(_config_path(args), address=args.address, progress=not args.no_progress, verify=args.verify)
     except click.ClickException as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
         return 1

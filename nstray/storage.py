@@ -41,6 +41,14 @@ __all__ = [
     "remove_partials",
     "version_tag",
     "list_files",
+    "list_sizes",
+    "real_local_path",
+    "inside",
+    "Conflict",
+    "create_exclusive",
+    "replace_if",
+    "delete_if",
+    "read_tagged",
     "s3_client",
     "pyarrow_filesystem",
 ]
@@ -48,6 +56,10 @@ __all__ = [
 
 class StorageError(RuntimeError):
     """A read or write failed; the message names the URI and what to check."""
+
+
+class Conflict(StorageError):
+    """A conditional write or delete lost: the object exists (create) or is not the version expected."""
 
 
 @dataclass(frozen=True)
@@ -174,10 +186,35 @@ def _s3_error(action: str, uri: str, exc: Exception) -> StorageError:
     return StorageError(f"cannot {action} {uri}: {hint}")
 
 
-def read_bytes(uri: str | os.PathLike) -> bytes:
-    """Read a whole object or file."""
+def real_local_path(path: str | os.PathLike) -> Path:
+    """The real path of a local file or folder (symlinks resolved), even if its last parts do not exist yet."""
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(str(path)))))
+
+
+def inside(uri: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``uri`` is ``root`` or lies below it: local paths after resolving symlinks, S3 by bucket and
+    key prefix (on ``/`` boundaries). A local path and an S3 URI are never inside each other."""
+    a, b = parse(uri), parse(root)
+    if a.scheme != b.scheme:
+        return False
+    if a.scheme == "s3":
+        if a.bucket != b.bucket:
+            return False
+        key, prefix = a.path.strip("/"), b.path.strip("/")
+        return not prefix or key == prefix or key.startswith(prefix + "/")
+    real, real_root = real_local_path(a.path), real_local_path(b.path)
+    return real == real_root or real.is_relative_to(real_root)
+
+
+def read_bytes(uri: str | os.PathLike, *, within: str | os.PathLike | None = None) -> bytes:
+    """Read a whole object or file. With ``within`` (a local root), a file whose real path (symlinks
+    resolved) lies outside that root is refused without being opened."""
     loc = parse(uri)
     if loc.scheme == "file":
+        if within is not None and not is_s3(within) and not inside(loc.path, within):
+            raise StorageError(f"cannot read {loc.path}: it resolves to {real_local_path(loc.path)}, outside the "
+                               f"images root {real_local_path(parse(within).path)} (a symlink pointing out of it); "
+                               "nstray reads only files inside the root: copy the file in instead of linking it")
         try:
             return Path(loc.path).read_bytes()
         except FileNotFoundError:
@@ -274,15 +311,19 @@ def version_tag(uri: str | os.PathLike) -> str:
         raise _s3_error("check", str(uri), exc) from None
 
 
-def list_files(prefix: str | os.PathLike) -> Iterator[str]:
-    """Yield URIs of every file/object below a folder or S3 prefix (recursively), sorted for local paths."""
+def _listing(prefix: str | os.PathLike) -> Iterator[tuple[str, int]]:
+    """``(URI, size)`` of every file/object below a folder or S3 prefix (recursively; local paths sorted,
+    temporary ``.partial`` files left out); S3: one ``ListObjectsV2`` page per 1000 keys."""
     loc = parse(prefix)
     if loc.scheme == "file":
         root = Path(loc.path)
         if root.is_dir():
             for p in sorted(root.rglob("*")):
                 if p.is_file() and not p.name.endswith(".partial"):
-                    yield str(p)
+                    try:
+                        yield str(p), p.stat().st_size
+                    except OSError:  # removed meanwhile
+                        continue
         return
     key_prefix = loc.path.rstrip("/") + "/" if loc.path else ""
     token: dict[str, str] = {}
@@ -292,10 +333,115 @@ def list_files(prefix: str | os.PathLike) -> Iterator[str]:
         except Exception as exc:
             raise _s3_error("list", str(prefix), exc) from None
         for obj in page.get("Contents", []):
-            yield f"s3://{loc.bucket}/{obj['Key']}"
+            yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"])
         if not page.get("IsTruncated"):
             return
         token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+def list_files(prefix: str | os.PathLike) -> Iterator[str]:
+    """Yield URIs of every file/object below a folder or S3 prefix (recursively), sorted for local paths."""
+    return (uri for uri, _ in _listing(prefix))
+
+
+def list_sizes(prefix: str | os.PathLike) -> dict[str, int]:
+    """Every file/object below a folder or S3 prefix with its size in bytes, in one listing (no request per object)."""
+    return dict(_listing(prefix))
+
+
+def _local_tag(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def create_exclusive(uri: str | os.PathLike, data: bytes) -> str:
+    """Create ``uri`` only if it does not exist (local ``O_EXCL``; S3 ``If-None-Match: *``); returns its
+    version tag (for :func:`replace_if` / :func:`delete_if`). Raises :class:`Conflict` when it exists."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        path = Path(loc.path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            raise Conflict(f"{loc.path} exists") from None
+        except OSError as exc:
+            raise StorageError(f"cannot write {loc.path}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return _local_tag(data)
+    try:
+        return _s3_call(lambda: s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data,
+                                                       IfNoneMatch="*"))["ETag"].strip('"')
+    except Exception as exc:
+        if _precondition_failed(exc):
+            raise Conflict(f"{uri} exists") from None
+        raise _s3_error("write", str(uri), exc) from None
+
+
+def read_tagged(uri: str | os.PathLike) -> tuple[bytes, str]:
+    """A file's bytes and its version tag (S3 ETag; local: a hash of the content)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        data = read_bytes(uri)
+        return data, _local_tag(data)
+    try:
+        resp = _s3_call(lambda: s3_client().get_object(Bucket=loc.bucket, Key=loc.path))
+        return resp["Body"].read(), resp["ETag"].strip('"')
+    except Exception as exc:
+        raise _s3_error("read", str(uri), exc) from None
+
+
+def replace_if(uri: str | os.PathLike, data: bytes, tag: str) -> str:
+    """Overwrite ``uri`` only if it is still the version ``tag`` (S3 ``If-Match``; locally a compare then an
+    atomic rename, which is safe against other nstray processes only up to that small window); returns the
+    new tag. Raises :class:`Conflict` when another version is there (or none)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        try:
+            _, current = read_tagged(uri)
+        except StorageError:
+            raise Conflict(f"{loc.path} is gone") from None
+        if current != tag:
+            raise Conflict(f"{loc.path} was changed by another process")
+        write_bytes(uri, data)
+        return _local_tag(data)
+    try:
+        return _s3_call(lambda: s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data,
+                                                       IfMatch=f'"{tag}"'))["ETag"].strip('"')
+    except Exception as exc:
+        if _precondition_failed(exc) or "NoSuchKey" in str(exc):
+            raise Conflict(f"{uri} was changed by another process") from None
+        raise _s3_error("write", str(uri), exc) from None
+
+
+def delete_if(uri: str | os.PathLike, tag: str) -> bool:
+    """Delete ``uri`` only if it is still the version ``tag``; returns whether it was deleted."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        try:
+            _, current = read_tagged(uri)
+        except StorageError:
+            return False
+        if current != tag:
+            return False
+        Path(loc.path).unlink(missing_ok=True)
+        return True
+    try:
+        _s3_call(lambda: s3_client().delete_object(Bucket=loc.bucket, Key=loc.path, IfMatch=f'"{tag}"'))
+        return True
+    except Exception as exc:
+        if _precondition_failed(exc):
+            return False
+        raise _s3_error("delete", str(uri), exc) from None
 
 
 def pyarrow_filesystem(uri: str | os.PathLike, *, with_credentials: bool = True):

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from nstray.cli.common import is_user_error
+
 if TYPE_CHECKING:
     from nstray.config import JobConfig
     from nstray.pipeline.job import JobSummary
@@ -75,6 +77,11 @@ def format_summary(s: JobSummary) -> str:
         lines.append("nothing to do: every output is already done" if not s.failed else "")
     lines.append(f"done {s.done}, skipped (already done) {s.skipped}, failed {s.failed}; "
                  f"{s.records} usable image(s), {s.bad_records} bad record(s) in the annotations")
+    if s.redone:
+        lines.append(f"redone {s.redone} output(s) recorded as done but missing or damaged")
+    if s.removed or s.unexpected:
+        lines.append(f"removed {s.removed} superseded output file(s); {s.unexpected} other file(s) under images/ "
+                     "left in place")
     p = s.paths
     lines += [
         f"images:        {p.get('outputs')}",
@@ -93,18 +100,20 @@ def format_summary(s: JobSummary) -> str:
     return "\n".join(x for x in lines if x)
 
 
-def run_config(config: str | dict | JobConfig, *, address: str | None = None, progress: bool = True) -> JobSummary:
-    """Run a job with progress and the closing summary on stdout; errors become CLI errors."""
-    from nstray.data.coco import DatasetError
+def run_config(config: str | dict | JobConfig, *, address: str | None = None, progress: bool = True,
+               verify: bool = False) -> JobSummary:
+    """Run a job with progress and the closing summary on stdout; user errors (see
+    :data:`nstray.cli.common.USER_ERRORS`) become CLI errors, also for the job entrypoint."""
     from nstray.pipeline.job import run_job
-    from nstray.plan import PlanError
-    from nstray.storage import StorageError
 
     cfg = config if not isinstance(config, (str, dict)) else _load(config)
     bar = _Progress(progress)
     try:
-        summary = run_job(cfg, address=address, on_progress=bar, notify=lambda m: click.echo(m, err=True))
-    except (DatasetError, PlanError, StorageError) as exc:
+        summary = run_job(cfg, address=address, on_progress=bar, notify=lambda m: click.echo(m, err=True),
+                          verify=verify)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
@@ -116,12 +125,16 @@ def run_config(config: str | dict | JobConfig, *, address: str | None = None, pr
 @click.argument("config")
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config: str, address: str | None, no_progress: bool) -> None:
+@click.option("--verify", is_flag=True,
+              help="Also re-read every output the manifest records as done and check its SHA-256 (a plain rerun "
+                   "checks presence and size from one listing).")
+def run(config: str, address: str | None, no_progress: bool, verify: bool) -> None:
     """Run a dataset job (CONFIG.yaml) on the current Ray cluster, or a local one.
 
-    Rerunning resumes: outputs the manifest records as done are skipped, failed records are retried.
+    Rerunning resumes: outputs the manifest records as done, and found there with their recorded size,
+    are skipped; missing or damaged ones and failed records are redone. One job per output at a time.
     """
-    run_config(config, address=address, progress=not no_progress)
+    run_config(config, address=address, progress=not no_progress, verify=verify)
 
 
 # ---------------------------------------------------------------- submit
@@ -167,7 +180,13 @@ def submit(config: str, address: str, no_wait: bool, python_exe: str, env: tuple
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    cfg = _load(config)  # fail here, not on the cluster
+    from nstray.pipeline.safety import check_output, job_inputs
+    from nstray.preflight import check_plan_assets
+
+    cfg = _load(config)  # fail here, not on the cluster (a ConfigError / PlanError is one `Error:` line)
+    check_output(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan))
+    # local style images and checkpoints must load; s3:// ones are the cluster's to read (its own credentials)
+    check_plan_assets(cfg.load_plan(), max_pixels=cfg.limits.max_pixels, skip_s3=True)
     args, py_modules = _ship_config(config, cfg)
     env_vars = {}
     for item in env:

@@ -12,6 +12,8 @@ import time
 
 import click
 
+from nstray.cli.common import DEVICE_HELP, check_device
+
 _STABILIZE = click.Choice(["flow", "none"])
 
 
@@ -78,7 +80,8 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
 @click.option("--no-reconcile", is_flag=True, help="Use each frame's own masks as given (no temporal reconciliation).")
 @click.option("--variant", type=int, default=0, show_default=True, help="Variant number (style lists draw per variant).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the style choices.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (falls back to cpu with a warning).")
+@click.option("--device", default="cpu", show_default=True, callback=check_device,
+              help=f"{DEVICE_HELP} (falls back to cpu with a warning).")
 def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str | None, video_id: int | None,
               keyframes_every: int | None, stabilize: str, strength: float, side_by_side: bool,
               max_frames: int | None, gif_path: str | None, size: int | None, crf: int, with_metrics: bool,
@@ -87,9 +90,11 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
     import numpy as np
     from tqdm import tqdm
 
+    from nstray.data.masksource import MaskSourceError
     from nstray.plan import PlanError, load_plan
     from nstray.stylize.parts import PartStylizer, StylizeError
     from nstray.video.io import VideoError, VideoReader, VideoWriter, write_gif
+    from nstray.video.masks import MaskPropagationError
     from nstray.video.metrics import Meter
     from nstray.video.stabilize import Stabilizer
     from nstray.video.style import StageTimes, style_frames
@@ -106,9 +111,14 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
         _fail(str(exc))
     info = reader.info
     w, h = reader.out_size
-    try:
-        stylizer = PartStylizer(plan, device)
-    except StylizeError as exc:
+    from nstray.assets import AssetError, load_plan_assets
+    from nstray.data.images import DEFAULT_MAX_PIXELS as IMAGE_MAX_PIXELS
+    from nstray.preflight import check_plan_assets
+
+    check_plan_assets(plan, max_pixels=IMAGE_MAX_PIXELS, limit_hint="the image pixel limit")
+    try:  # style images and checkpoints are read here, at the edge; the stylizer takes arrays
+        stylizer = PartStylizer(plan, device, assets=load_plan_assets(plan, max_pixels=IMAGE_MAX_PIXELS))
+    except (StylizeError, AssetError) as exc:
         _fail(str(exc))
     key = f"video:{info.path.rsplit('/', 1)[-1]}" if masks is None else f"video:{masks.video.video_id}"
     background = np.full((h, w), -1, np.int32)
@@ -150,13 +160,8 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
                 writer.audio_until_s = writer.duration_s  # only part of the video: as much audio
     except (VideoError, StylizeError) as exc:
         _fail(str(exc))
-    except Exception as exc:  # masks that do not fit the video: name the record, no traceback
-        from nstray.data.masksource import MaskSourceError
-        from nstray.video.masks import MaskPropagationError
-
-        if isinstance(exc, (MaskSourceError, MaskPropagationError)):
-            _fail(f"{annotations}: {exc}")
-        raise
+    except (MaskSourceError, MaskPropagationError) as exc:  # masks that do not fit the video
+        _fail(f"{annotations}: {exc}")
     seconds = time.perf_counter() - t_start
     if gif_path:
         write_gif(gif_path, gif_frames, float(info.fps) / gif_every, width=min(240 * (out_w // w), out_w))

@@ -230,6 +230,15 @@ def check_structure(coco: Any, source: str = "<annotations>") -> dict[int, str]:
             raise _fail(source, f"category id {cat['id']} is defined twice ({cats[cat['id']]!r} and {cat['name']!r})",
                         "give every category a unique id")
         cats[cat["id"]] = cat["name"]
+    ids_of: dict[str, list[int]] = {}
+    for cid, name in cats.items():
+        ids_of.setdefault(name, []).append(cid)
+    twice = {name: ids for name, ids in ids_of.items() if len(ids) > 1}
+    if twice:  # the plan styles parts by name: two ids of one name would be merged silently
+        shown = "; ".join(f"{name!r} (ids {', '.join(map(str, ids))})" for name, ids in list(twice.items())[:5])
+        raise _fail(source, f"{len(twice)} category name(s) defined more than once: {shown}",
+                    "rename or merge the categories (give every category a unique name, and point the "
+                    "annotations of merged ones at one id)")
     return cats
 
 
@@ -394,7 +403,7 @@ def _parse_part(ann: dict, label: str, cats: Mapping[int, str], width: int | Non
 def _check_file(uri: str, file_name: str, width: int | None, height: int | None, max_pixels: int, images_root: str) -> list[Problem]:
     """Read one image and report every problem: unreadable, not an image, too large, size mismatch, truncated."""
     try:
-        data = storage.read_bytes(uri)
+        data = storage.read_bytes(uri, within=None if storage.is_s3(images_root) else images_root)
     except storage.StorageError as exc:
         return [(f"image file cannot be read ({exc})",
                  f"check that --images ({images_root}) is the folder file_name is relative to, or fix file_name")]
@@ -418,6 +427,12 @@ def _check_file(uri: str, file_name: str, width: int | None, height: int | None,
     except ImageDecodeError as exc:
         problems.append((exc.reason, exc.fix))
     return problems
+
+
+def _within(path: str, real_root: str) -> bool:
+    """Whether ``path``'s real path (symlinks resolved) is under ``real_root`` (itself a real path)."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def read_records(
@@ -492,10 +507,16 @@ def read_records(
             cand.parts.append(part)
         cand.problems.extend(problems)
 
+    real_root = None if storage.is_s3(images_root) else os.path.realpath(images_root)
     for cand in cands:
         why = unsafe_file_name(cand.raw_name)
         if why:
             cand.problems.append((why, "make file_name a plain relative path under the images root (forward slashes, no '..')"))
+        elif real_root is not None and not _within(storage.join(images_root, cand.file_name), real_root):
+            real = os.path.realpath(storage.join(images_root, cand.file_name))
+            cand.problems.append((f"file_name {cand.file_name!r} resolves to {real}, outside the images root {real_root} "
+                                  "(a symlink pointing out of it); it is not read",
+                                  "copy the file into the images root instead of linking to it, or fix file_name"))
         else:
             cand.uri = storage.join(images_root, cand.file_name)
             if not check_files and cand.width and cand.height and cand.width * cand.height > max_pixels:

@@ -32,6 +32,9 @@ __all__ = [
     "probe_image",
     "image_size",
     "decode_image",
+    "IMAGE_FORMATS",
+    "output_format",
+    "encode_as",
 ]
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -85,10 +88,9 @@ def _open(data: bytes, name: str):
             "this looks like a decompression bomb; remove the file or downscale it",
         ) from None
     except UnidentifiedImageError:
-        head = data[:8]
         raise ImageDecodeError(
             name,
-            f"not an image file Pillow can read (first bytes {head!r}, {len(data)} bytes)",
+            f"not an image file Pillow can read ({_describe_head(data)}, {len(data)} bytes)",
             "replace it with a real PNG/JPEG/TIFF image, or drop the record",
         ) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on corrupt headers
@@ -121,7 +123,7 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
         raise ImageDecodeError(
             name,
             f"the image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}",
-            "downscale the image, or raise the limit (--max-pixels) if it is genuine",
+            "downscale the image, or raise the pixel limit if it is genuine (--max-pixels; limits.max_pixels in a job config)",
         )
 
 
@@ -159,6 +161,17 @@ def _to_rgb(im, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _describe_head(data: bytes) -> str:
+    """What a non-image file starts with, without echoing its content (it may be anything: a key, a password
+    file): a kind, or the hex of a 4-byte magic number for binary data."""
+    if not data:
+        return "an empty file"
+    head = data[:64]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it starts with text"
+    return f"it starts with bytes {head[:4].hex()}"
+
+
 def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to ``uint8[H, W, 3]`` RGB in stored pixel order (no EXIF transpose).
 
@@ -176,3 +189,35 @@ def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
                 "re-export or re-download the image (the file is incomplete)",
             ) from None
         return _to_rgb(im, name)
+
+
+IMAGE_FORMATS: dict[str, str] = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+}
+"""File extension → the format written under it (an output's bytes always match its name)."""
+
+
+def output_format(name: str) -> str:
+    """The Pillow format an output named ``name`` is written in, from its extension.
+
+    Raises ``ValueError`` naming the file and the valid extensions when the extension is unknown
+    (never writes PNG bytes under a ``.jpg`` or ``.xyz`` name).
+    """
+    dot = name.rsplit("/", 1)[-1].rfind(".")
+    ext = name.rsplit("/", 1)[-1][dot:].lower() if dot > 0 else ""
+    fmt = IMAGE_FORMATS.get(ext)
+    if fmt is None:
+        valid = ", ".join(IMAGE_FORMATS)
+        got = f"extension {ext!r}" if ext else "no extension"
+        raise ValueError(f"{name}: {got}; an image output must end in one of {valid} (it is encoded by its extension)")
+    return fmt
+
+
+def encode_as(image: np.ndarray, name: str, quality: int = 95) -> bytes:
+    """``uint8[H, W, 3]`` → the bytes of the format ``name``'s extension says (see :func:`output_format`)."""
+    from PIL import Image
+
+    fmt = output_format(name)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format=fmt, **({"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()

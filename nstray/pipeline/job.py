@@ -22,83 +22,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nstray import storage
-from nstray.config import JobConfig, ResourcesConfig, load_config
+from nstray.config import JobConfig, load_config
 from nstray.pipeline import outputs
 from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
+from nstray.pipeline.safety import job_inputs
+from nstray.pipeline.skeleton import Placement, ProgressFn, connect, flush_seconds, guarded, place, stage_env, stream
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
+from nstray.preflight import check_plan_assets
 
-__all__ = ["Placement", "place", "Work", "plan_work", "ensure_index", "JobSummary", "run_job", "INDEX_DIR"]
+__all__ = ["Placement", "place", "stage_env", "Work", "plan_work", "ensure_index", "JobSummary", "run_job",
+           "INDEX_DIR"]
 
 log = logging.getLogger("nstray.job")
 
 INDEX_DIR = "_index"
 _SUCCESS = "_SUCCESS.json"
-MIN_CPUS_PER_ACTOR = 0.25
-
-
-# ---------------------------------------------------------------- resources
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How the stylize stage is actually laid out on the cluster found (the config, fitted)."""
-
-    actors: int  # pool size (max)
-    min_actors: int  # pool starts with this many (== actors unless GPUs are short)
-    cpus_per_actor: float  # logical CPUs each actor reserves
-    gpus_per_actor: float
-    threads: int  # torch threads per actor
-    fused: bool
-    notes: tuple[str, ...] = ()
-
-
-def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) -> Placement:
-    """Fit the configured actor pool to the cluster's CPUs/GPUs so the job runs instead of waiting forever.
-
-    - ``gpus_per_actor > 0`` but no GPU in the cluster: CPU actors (when ``cpu_fallback``).
-    - fewer GPUs than the pool needs: the pool starts with what fits and may grow to ``actors``.
-    - one CPU stays free for reading the index (and the CPU stages when not fused); actors share the
-      rest (logical CPUs shrink, down to 0.25 each, then the pool shrinks).
-    """
-    notes: list[str] = []
-    gpus = resources.gpus_per_actor
-    if gpus > 0 and cluster_gpus <= 0 and resources.cpu_fallback:
-        notes.append("the cluster has no GPU: the stylizer actors run on CPU "
-                     "(set resources.cpu_fallback: false to wait for GPU nodes instead)")
-        gpus = 0.0
-    fused = resources.fused(gpus)
-    actors = resources.actors
-    if actors == "auto":
-        if gpus > 0:
-            actors = max(1, int(cluster_gpus // gpus))
-            notes.append(f"actors: auto: {actors} actor(s), one per {gpus:g} GPU of the cluster's {cluster_gpus:g}")
-        else:
-            spare = max(cluster_cpus - (1.0 if cluster_cpus >= 2 else cluster_cpus / 2), 0.0)
-            actors = max(1, int(spare // resources.cpus_per_actor))
-            notes.append(f"actors: auto: {actors} CPU actor(s) × {resources.cpus_per_actor:g} CPU")
-    min_actors = actors
-    if gpus > 0 and 0 < cluster_gpus < actors * gpus:
-        min_actors = max(1, int(cluster_gpus // gpus))
-        notes.append(f"the cluster has {cluster_gpus:g} GPU(s) for {actors} actors × {gpus:g}: starting {min_actors} "
-                     f"actor(s), growing to {actors} as the cluster autoscaler adds GPUs")
-    cpus = resources.cpus_per_actor
-    threads = max(1, int(round(resources.cpus_per_actor)))
-    reserve = 1.0 if cluster_cpus >= 2 else cluster_cpus / 2
-    budget = max(cluster_cpus - reserve, 0.0)
-    if cluster_cpus > 0 and min_actors * cpus > budget:
-        wanted = (min_actors, cpus)
-        if budget / min_actors < MIN_CPUS_PER_ACTOR:
-            min_actors = max(1, int(budget // MIN_CPUS_PER_ACTOR))
-            if gpus == 0:
-                actors = min_actors
-        cpus = max(budget / min_actors, 0.01) if budget > 0 else 0.01
-        notes.append(f"the cluster has {cluster_cpus:g} CPU(s) and one stays free for reading: "
-                     f"{min_actors} actor(s) × {cpus:.2f} logical CPU (asked {wanted[0]} × {wanted[1]:g}), "
-                     f"{threads} torch thread(s) each")
-    if gpus == 0:
-        actors = min_actors
-    return Placement(actors=actors, min_actors=min_actors, cpus_per_actor=round(cpus, 4), gpus_per_actor=gpus,
-                     threads=threads, fused=fused, notes=tuple(notes))
 
 
 # ---------------------------------------------------------------- resume
@@ -181,6 +119,9 @@ class JobSummary:
     outputs: int = 0
     done: int = 0
     skipped: int = 0
+    redone: int = 0  # outputs the manifest recorded as done but found missing or damaged
+    removed: int = 0  # superseded output files removed (e.g. the old extension after a format change)
+    unexpected: int = 0  # files under images/ that are not outputs of this job (left in place)
     failed: int = 0
     error_rows: int = 0
     seconds: float = 0.0
@@ -201,42 +142,14 @@ class JobSummary:
 
 # manifest columns the driver keeps per output (resume, errors, COCO out); models and timings stay on disk
 _KEPT = ("image_id", "variant", "source_file", "output_key", "width", "height", "styles", "seed", "fingerprint",
-         "status", "stage", "error")
+         "status", "stage", "error", "size", "sha256")
 
-ProgressFn = Callable[[int, int, int], None]  # (done, failed, total)
-
-
-def _cluster_resources() -> tuple[float, float]:
-    import ray
-
-    res = ray.cluster_resources()
-    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
 
 
 def _reader_filesystem(uri: str):
     """``(filesystem, path)`` for Ray's Parquet readers, without credentials in it: each worker finds
     credentials itself through the standard AWS chain, so no secret travels in task specs."""
     return storage.pyarrow_filesystem(uri, with_credentials=False)
-
-
-# CPU actors: glibc keeps freed memory for reuse (torch's CPU allocator has no cache, so every big
-# intermediate is otherwise a fresh mmap + page faults) and idle OpenMP threads sleep instead of
-# spinning against the other actors' threads. Measured 1.2–1.4× by benchmarks/feedforward.py.
-_CPU_ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}
-# the driver's storage settings reach every worker (never credentials: workers find those themselves)
-_FORWARDED_ENV = ("NSTRAY_S3_MAX_ATTEMPTS", "NSTRAY_S3_RETRY_SECONDS", "NSTRAY_S3_CONNECT_TIMEOUT",
-                  "NSTRAY_S3_READ_TIMEOUT", "AWS_ENDPOINT_URL",
-                  "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-
-
-def stage_env(placement: Placement) -> dict[str, str]:
-    """Environment variables of the job's Ray tasks and actors (their ``runtime_env``)."""
-    import os
-
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
-    if placement.gpus_per_actor == 0:
-        env.update({k: os.environ.get(k, v) for k, v in _CPU_ACTOR_ENV.items()})
-    return env
 
 
 def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_rows: int, opts: StageOptions,
@@ -283,24 +196,60 @@ def run_job(
     on_progress: ProgressFn | None = None,
     notify: Callable[[str], None] | None = None,
     ray_progress_bars: bool = False,
+    verify: bool = False,
 ) -> JobSummary:
     """Run (or resume) a dataset job; returns what it did.
 
-    Connects to Ray (``address``, else ``RAY_ADDRESS``, else a new local cluster) only when there is
-    work: a rerun of a finished job reads the manifest, finds nothing to do, and writes nothing.
+    Before any work: the output must not overlap an input (:mod:`nstray.pipeline.safety`), and the job
+    takes the output's lease (:mod:`nstray.pipeline.lease`: one job per output). Outputs the manifest records
+    as done are checked against one listing of the output (missing or resized objects are redone; with
+    ``verify`` every checksum is re-read too). Connects to Ray (``address``, else ``RAY_ADDRESS``, else a new
+    local cluster) only when there is work: a rerun of a finished job finds nothing to do and writes nothing.
     """
+    cfg = load_config(config)
+    run_id = outputs.new_run_id()
+    with guarded(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan), run_id):
+        return _run_locked(cfg, run_id, address=address, on_progress=on_progress, notify=notify,
+                           ray_progress_bars=ray_progress_bars, verify=verify)
+
+
+def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
+                  say: Callable[[str], None]) -> tuple[dict, dict, dict[str, int], int]:
+    """``(latest row per output, done rows still valid, output listing, how many were found bad)``."""
+    out = cfg.output
+    previous = outputs.read_manifest(out).select(list(_KEPT)).to_pylist()
+    latest: dict[tuple[int, int], dict] = {(int(r["image_id"]), int(r["variant"])): r for r in previous}
+    done_rows = {k: r for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint
+                 and k[0] in by_id and k[1] < cfg.variants}
+    sizes = outputs.output_sizes(out)
+    bad = outputs.check_outputs(out, done_rows, sizes, deep=verify) if done_rows else {}
+    if bad:
+        reasons = Counter(why if why == "missing" or "checksum" in why else "size differs" for why in bad.values())
+        shown = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+        example = next(iter(sorted(bad)))
+        say(f"{len(bad)} output(s) the manifest records as done are not there as recorded ({shown}; e.g. "
+            f"{done_rows[example]['output_key']}: {bad[example]}): redoing them")
+        for k in bad:
+            del done_rows[k]
+    elif verify and done_rows:
+        say(f"verified {len(done_rows)} done output(s): every checksum matches the manifest")
+    return latest, done_rows, sizes, len(bad)
+
+
+def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress: ProgressFn | None,
+                notify: Callable[[str], None] | None, ray_progress_bars: bool, verify: bool) -> JobSummary:
+    """:func:`run_job` once the output's lease is held."""
     from nstray.data.coco import load_coco, read_records
 
     say = notify or log.info
     t_start = time.perf_counter()
-    cfg = load_config(config)
     out = cfg.output
-    run_id = outputs.new_run_id()
     summary = JobSummary(output=out, run_id=run_id)
 
     coco = load_coco(cfg.input.annotations)
     categories = sorted({c["name"] for c in coco.get("categories", [])})
     plan = cfg.load_plan(categories=categories)  # part names must be the dataset's categories
+    check_plan_assets(plan, max_pixels=cfg.limits.max_pixels)  # style images and weights load, before Ray starts
     records, record_errors = read_records(coco, cfg.input.images, check_files=False,
                                           max_pixels=cfg.limits.max_pixels, source=cfg.input.annotations)
     by_id = {r.image_id: r for r in records}
@@ -309,26 +258,20 @@ def run_job(
     summary.outputs = len(records) * cfg.variants
 
     fingerprint = cfg.fingerprint()
-    previous = outputs.read_manifest(out).select(list(_KEPT)).to_pylist()
-    latest: dict[tuple[int, int], dict] = {(int(r["image_id"]), int(r["variant"])): r for r in previous}
-    done = {k for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint}
-    work = plan_work([r.image_id for r in records], done, cfg.variants)
+    latest, done_rows, sizes, summary.redone = _resume_state(cfg, by_id, fingerprint, verify, say)
+    work = plan_work([r.image_id for r in records], set(done_rows), cfg.variants)
     summary.skipped = work.skipped
 
     writer = outputs.ManifestWriter(out, run_id, previous={k: (r["status"], r["stage"], r["error"])
                                                           for k, r in latest.items()}, keep=_KEPT,
-                                    flush_seconds=_flush_seconds())
+                                    flush_seconds=flush_seconds())
     stats = RunStats()
     ray_stats: str | None = None
     restarts: int | None = None
     if work.pending:
-        import ray
         import ray.data
 
-        if not ray.is_initialized():
-            ray.init(address=address)
-        cpus, gpus = _cluster_resources()
-        placement = place(cfg.resources, cpus, gpus)
+        placement, cpus, gpus = connect(address, cfg.resources)
         summary.placement = asdict(placement)
         for note in placement.notes:
             say(note)
@@ -342,32 +285,24 @@ def run_job(
             overlaps=plan.overlaps if isinstance(plan.overlaps, str) else tuple(plan.overlaps),
             seed=cfg.seed, fingerprint=fingerprint, variants=work.default, exceptions=work.exceptions,
             device_codec=cfg.resources.device_codec(placement.gpus_per_actor, cpus / gpus if gpus else float("inf")),
+            images_root=cfg.input.images,
         )
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
         ds = _build_dataset(cfg, shards, work, len(records), opts, placement)
-        t0 = time.perf_counter()
-        since_ms = int(time.time() * 1000)
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                rows = batch.to_pylist()
-                writer.add(rows)
-                stats.add(rows)
-                if on_progress:
-                    on_progress(writer.done, writer.failed, work.outputs)
-        finally:
-            writer.flush()  # whatever finished is recorded, even when interrupted
-        summary.pipeline_seconds = time.perf_counter() - t0
+        streamed = stream(ds, writer, stats, work.outputs, on_progress)
+        summary.pipeline_seconds = streamed.pipeline_seconds
         summary.written += writer.parts
-        ray_stats = _ray_data_stats(ds)
-        restarts = _actor_restarts(since_ms)
+        ray_stats, restarts = streamed.ray_stats, streamed.restarts
     summary.done, summary.failed = writer.done, writer.failed
     if summary.pipeline_seconds > 0:
         summary.images_per_s = summary.done / summary.pipeline_seconds
 
     for row in writer.rows:
         latest[(int(row["image_id"]), int(row["variant"]))] = row
-    _finalize(cfg, coco, records, by_id, record_errors, latest, writer, fingerprint, summary)
+    _finalize(cfg, coco, records, by_id, record_errors, latest, writer, fingerprint, summary,
+              compact=writer.superseded > 0)
+    _tidy_outputs(cfg, latest, fingerprint, sizes, summary, say)
     summary.seconds = time.perf_counter() - t_start
     if work.pending:  # a run with nothing to do writes nothing, not even a report
         summary.report = stats.report(run_id=run_id, output=out, pipeline_seconds=summary.pipeline_seconds,
@@ -380,43 +315,32 @@ def run_job(
     return summary
 
 
-def _flush_seconds() -> float:
-    """How often the driver records finished outputs (a killed driver loses at most this much of the
-    manifest; those outputs are then redone by the rerun, under the same keys)."""
-    import os
+def _tidy_outputs(cfg: JobConfig, latest: dict[tuple[int, int], dict], fingerprint: str, sizes: dict[str, int],
+                  summary: JobSummary, say: Callable[[str], None]) -> None:
+    """Remove the files that outputs done under a new key left behind (another extension after a format
+    change); report, without touching them, files of variants or images this job no longer makes."""
+    done = {k: r for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint}
+    superseded, other = outputs.stale_outputs(sizes, done)
+    for key in superseded:
+        storage.delete(storage.join(cfg.output, key))
+    summary.removed = len(superseded)
+    summary.unexpected = len(other)
+    if superseded:
+        say(f"removed {len(superseded)} superseded output file(s) (e.g. {superseded[0]}: that output is now "
+            f"{done[_variant_key(superseded[0])]['output_key']})")
+    if other:
+        say(f"{len(other)} file(s) under {storage.join(cfg.output, 'images')} are not outputs of this job "
+            f"(e.g. {other[0]}: a variant or image it no longer makes, or not written by nstray); left in place")
 
-    return float(os.environ.get("NSTRAY_MANIFEST_FLUSH_SECONDS", "10"))
 
-
-def _ray_data_stats(ds: Any) -> str | None:
-    """Ray Data's own per-operator timing of the run, as text (None if Ray cannot give it)."""
-    try:
-        return str(ds.stats())[:20000]
-    except Exception:  # noqa: BLE001 - reporting must never fail the job
-        return None
-
-
-def _actor_restarts(since_ms: int) -> int | None:
-    """Restarts of this job's Ray Data actors started since ``since_ms``, as the Ray GCS counts them.
-
-    Uses Ray's internal actor table (the public state API needs the dashboard, which a cluster may not
-    run); None when it is not available.
-    """
-    try:
-        import ray
-        from ray._private.state import state
-
-        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
-        table = state.actor_table(None, job_id=job)
-        return sum(int(a.get("NumRestarts", 0)) for a in table.values()
-                   if "MapWorker" in str(a.get("ActorClassName", "")) and int(a.get("StartTime", 0)) >= since_ms)
-    except Exception:  # noqa: BLE001
-        return None
+def _variant_key(key: str) -> tuple[int, int]:
+    parts = key.split("/")
+    return int(parts[1]), int(parts[2].split(".")[0])
 
 
 def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, record_errors: Sequence[Any],
               latest: dict[tuple[int, int], dict], writer: outputs.ManifestWriter, fingerprint: str,
-              summary: JobSummary) -> None:
+              summary: JobSummary, *, compact: bool = False) -> None:
     """errors.parquet, annotations.json, contact_sheet.png: each rewritten only when what it shows changed."""
 
     out = cfg.output
@@ -424,7 +348,7 @@ def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, r
         removed = storage.remove_partials(out)  # of writers killed mid-write (actors, an earlier driver)
         if removed:
             log.info("removed %d unfinished temporary file(s) under %s", removed, out)
-        merged = outputs.compact_manifest(out, summary.run_id)
+        merged = outputs.compact_manifest(out, summary.run_id, force=compact)
         if merged:
             summary.written.append(merged)
     state = outputs.read_state(out)

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -41,6 +42,9 @@ __all__ = [
     "read_manifest",
     "ManifestWriter",
     "compact_manifest",
+    "output_sizes",
+    "check_outputs",
+    "stale_outputs",
     "error_rows",
     "write_errors",
     "build_coco",
@@ -78,6 +82,8 @@ def manifest_schema():
         ("status", pa.string()),  # done | failed
         ("stage", pa.string()),  # where it failed: read, decode, masks, stylize, encode, write
         ("error", pa.string()),
+        ("size", pa.int64()),  # bytes of the written object (resume checks it against a listing)
+        ("sha256", pa.string()),  # of the written object (``nstray run --verify`` re-reads and checks it)
         ("seconds", pa.float64()),
         ("prepare_s", pa.float64()),
         ("stylize_s", pa.float64()),
@@ -159,15 +165,16 @@ def read_manifest(output: str):
     return table.take(rows).drop_columns(["_row"])
 
 
-def compact_manifest(output: str, run_id: str, max_parts: int = 16) -> str | None:
-    """Merge the manifest into one part when it has more than ``max_parts`` part files; returns the new part.
+def compact_manifest(output: str, run_id: str, max_parts: int = 16, *, force: bool = False) -> str | None:
+    """Merge the manifest into one part when it has more than ``max_parts`` part files, or with ``force``
+    (rows of this run superseded older rows: the manifest keeps one row per output); returns the new part.
 
     The merged part holds the latest row per output and is named to sort after every part it replaces,
     so a crash between writing it and deleting the old parts leaves a manifest that reads the same.
     """
     folder = storage.join(output, MANIFEST_DIR)
     parts = sorted(u for u in storage.list_files(folder) if u.endswith(".parquet"))
-    if len(parts) <= max_parts:
+    if len(parts) <= max_parts and not (force and len(parts) > 1):
         return None
     merged = storage.join(folder, f"part-{run_id}-zz-compacted.parquet")
     storage.write_bytes(merged, _parquet_bytes(read_manifest(output)))
@@ -196,12 +203,15 @@ class ManifestWriter:
     rows: list[dict] = field(default_factory=list)  # every row of this run, ``keep`` columns only
     keep: tuple[str, ...] | None = None
     parts: list[str] = field(default_factory=list)
+    superseded: int = 0  # rows written for outputs that already had a row (compaction keeps one per output)
     _buffer: list[dict] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
 
     def add(self, rows: Iterable[dict]) -> None:
         for row in rows:
             row = dict(row, run_id=self.run_id)
+            if row.get("size") is not None and int(row["size"]) < 0:  # a failed row: nothing was written
+                row["size"], row["sha256"] = None, None
             self.rows.append(row if self.keep is None else {k: row[k] for k in self.keep})
             if row["status"] == "done":
                 self.done += 1
@@ -210,6 +220,7 @@ class ManifestWriter:
             key = (int(row["image_id"]), int(row["variant"]))
             if row["status"] != "done" and self.previous.get(key) == (row["status"], row["stage"], row["error"]):
                 continue
+            self.superseded += key in self.previous
             self._buffer.append(row)
         if len(self._buffer) >= self.flush_rows or (self._buffer and time.monotonic() - self._last_flush > self.flush_seconds):
             self.flush(final=False)
@@ -234,6 +245,82 @@ class ManifestWriter:
             return
         self.parts.append(uri)
         self._buffer = []
+
+
+# ---------------------------------------------------------------- verified resume
+
+
+def output_sizes(output: str) -> dict[str, int]:
+    """``{key relative to the output root: size}`` of every object under ``<output>/images``, in one listing."""
+    root = storage.join(output, "images")
+    sizes = storage.list_sizes(root)
+    if storage.is_s3(output):
+        base = output.rstrip("/") + "/"
+        return {uri[len(base):]: n for uri, n in sizes.items() if uri.startswith(base)}
+    import os
+
+    base = os.path.abspath(storage.parse(output).path)
+    return {os.path.relpath(path, base).replace(os.sep, "/"): n for path, n in sizes.items()}
+
+
+def check_outputs(output: str, rows: dict[tuple[int, int], dict], sizes: dict[str, int], *,
+                  deep: bool = False, workers: int = 8) -> dict[tuple[int, int], str]:
+    """Which outputs that the manifest records as done are not there as recorded: ``{(image, variant): why}``.
+
+    ``sizes`` is :func:`output_sizes` (one listing): a missing object or one of another size than recorded
+    is bad. With ``deep`` every object is also read back and its SHA-256 compared with the manifest's.
+    Rows written before sizes were recorded are checked for existence only.
+    """
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad: dict[tuple[int, int], str] = {}
+    present: list[tuple[tuple[int, int], dict]] = []
+    for key, row in rows.items():
+        size = sizes.get(str(row["output_key"]))
+        if size is None:
+            bad[key] = "missing"
+        elif row.get("size") is not None and int(row["size"]) != size:
+            bad[key] = f"{size} bytes, {int(row['size'])} recorded"
+        else:
+            present.append((key, row))
+    if deep:
+        def check(item: tuple[tuple[int, int], dict]) -> str | None:
+            key, row = item
+            if not row.get("sha256"):
+                return None
+            try:
+                data = storage.read_bytes(storage.join(output, str(row["output_key"])))
+            except storage.StorageError as exc:
+                return f"unreadable ({exc})"
+            return None if hashlib.sha256(data).hexdigest() == row["sha256"] else "checksum differs from the manifest's"
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for (key, _), why in zip(present, pool.map(check, present)):
+                if why:
+                    bad[key] = why
+    return bad
+
+
+_OUTPUT_KEY = re.compile(r"^images/(\d+)/(\d+)\.([A-Za-z0-9]+)$")
+
+
+def stale_outputs(sizes: dict[str, int], done: dict[tuple[int, int], dict]) -> tuple[list[str], list[str]]:
+    """Objects under ``images/`` that are not the current output of their (image, variant): ``(superseded,
+    other)``. *Superseded*: another file of an output that is done under a new key (the format changed, e.g.
+    ``0.png`` left behind by ``0.jpg``); safe to remove. *Other*: outputs of variants or images the job no
+    longer makes, or files nstray did not write; only reported."""
+    current = {str(r["output_key"]) for r in done.values()}
+    superseded, other = [], []
+    for key in sorted(sizes):
+        if key in current:
+            continue
+        m = _OUTPUT_KEY.match(key)
+        if m and (int(m.group(1)), int(m.group(2))) in done:
+            superseded.append(key)
+        else:
+            other.append(key)
+    return superseded, other
 
 
 # ---------------------------------------------------------------- errors

@@ -16,6 +16,7 @@ object store, which is what a CPU-only job wants.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -64,6 +65,7 @@ class StageOptions:
     variants: tuple[int, ...] = (0,)
     exceptions: dict[int, tuple[int, ...]] = field(default_factory=dict)
     device_codec: bool = False  # JPEGs are decoded/encoded by the stylizer on its device (nvjpeg on a GPU)
+    images_root: str | None = None  # local: a file whose real path is outside it is never read (symlinks)
 
     def pending(self, image_id: int) -> tuple[int, ...]:
         """The variants still to make for ``image_id``."""
@@ -178,7 +180,7 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         categories: list[str] = [p.category for p in rec.parts]
         try:
             stage = "read"
-            data = storage.read_bytes(rec.uri)
+            data = storage.read_bytes(rec.uri, within=opts.images_root)
             stage = "decode"
             if opts.device_codec and _keep_jpeg(data, rec, opts.max_pixels):
                 pixels, encoding = data, "jpeg"
@@ -392,11 +394,15 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
 
     n = len(batch["image_id"])
     keys, status, stage, error, write_s = [], [], [], [], []
+    sizes: list[int | None] = []
+    sums: list[str | None] = []
     for i in range(n):
         image_id, variant = int(batch["image_id"][i]), int(batch["variant"][i])
         key = output_key(image_id, variant, opts.ext)
         err, stg = str(batch["error"][i]), str(batch["stage"][i])
         t0 = time.perf_counter()
+        size: int | None = None
+        checksum: str | None = None
         if not err:
             try:
                 stg = "encode"
@@ -408,6 +414,7 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
                     data = encode_image(image, opts.ext, opts.quality)
                 stg = "write"
                 storage.write_bytes(storage.join(opts.output, key), data)
+                size, checksum = len(data), hashlib.sha256(data).hexdigest()
                 stg = ""
             except Exception as exc:  # noqa: BLE001
                 err = _reason(exc)
@@ -415,6 +422,8 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
         status.append("failed" if err else "done")
         stage.append(stg if err else "")
         error.append(err)
+        sizes.append(size if not err else None)
+        sums.append(checksum if not err else None)
         write_s.append(time.perf_counter() - t0)
     prep = np.asarray(batch["prepare_s"], dtype=np.float64)
     styl = np.asarray(batch["stylize_s"], dtype=np.float64)
@@ -435,6 +444,8 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
         "status": _objects(status),
         "stage": _objects(stage),
         "error": _objects(error),
+        "size": np.asarray([-1 if x is None else x for x in sizes], dtype=np.int64),
+        "sha256": _objects(["" if x is None else x for x in sums]),
         "seconds": prep + styl + wr,
         "prepare_s": prep,
         "stylize_s": styl,
@@ -481,6 +492,7 @@ class Stylizer:
                  fused: bool = False) -> None:
         import torch
 
+        from nstray.assets import load_plan_assets
         from nstray.plan import load_plan
         from nstray.stylize.parts import PartStylizer
 
@@ -488,7 +500,8 @@ class Stylizer:
             torch.set_num_threads(int(threads))
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
         parsed = load_plan(plan)
-        self.stylizer = PartStylizer(parsed, device=self.device)
+        self.stylizer = PartStylizer(parsed, device=self.device,
+                                     assets=load_plan_assets(parsed, max_pixels=opts.max_pixels))
         self.models = json.dumps(model_ids(parsed), sort_keys=True)
         self.worker = json.dumps(worker_info(self.device), sort_keys=True)
         self.opts = opts

@@ -225,10 +225,12 @@ def latest_checkpoint(run_uri: str) -> tuple[int, str] | None:
 
 
 def _load_state(data: bytes | str | Path, label: str) -> dict[str, Any]:
+    from nstray.weights import WeightsLoadError, load_checkpoint
+
     try:
-        state = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot load the training state {label}: {type(exc).__name__}: {exc}") from None
+        state = load_checkpoint(io.BytesIO(data) if isinstance(data, bytes) else data, f"the training state {label}")
+    except WeightsLoadError as exc:
+        raise TrainingError(str(exc)) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainingError(f"{label} is not an nstray training state")
     return state
@@ -271,6 +273,32 @@ def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     base = multistyle26(path)
     info = {"base": cfg.cin_base, "base_sha256": weights.sha256_file(path), "num_styles": base.num_styles}
     return NewStyleCIN(base, init=cfg.cin_init_style), info
+
+
+def _check_models(cfg: TrainConfig) -> None:
+    """Build on the driver what every worker builds first (the VGG loss network with its weights; for ``cin``
+    the base network and the initial style), so a file or setting that does not fit fails here, with one
+    message, instead of inside each Ray Train worker."""
+    from nstray import weights
+    from nstray.models.vgg import vgg_encoder
+
+    layers = list(dict.fromkeys([*cfg.content_layers, *cfg.style_layers]))
+    try:
+        vgg_encoder(cfg.vgg_arch, layers, cfg.vgg_weights)
+    except (weights.WeightsNotFound, weights.WeightsChecksumError, ValueError) as exc:
+        raise TrainConfigError(f"the loss network (vgg_arch {cfg.vgg_arch}, vgg_weights {cfg.vgg_weights}): {exc}"
+                               + ("; fix: pass the --vgg-arch the weights are for (vgg16 or vgg19)"
+                                  if "fit" in str(exc) or "lack" in str(exc) else "")) from None
+    if cfg.mode == "cin":
+        from nstray.models.multistyle import multistyle26
+
+        try:
+            n = multistyle26(weights.resolve(cfg.cin_base)).num_styles
+        except (weights.WeightsNotFound, weights.WeightsChecksumError) as exc:
+            raise TrainConfigError(f"cin_base: {exc}") from None
+        if cfg.cin_init_style is not None and not 0 <= cfg.cin_init_style < n:
+            raise TrainConfigError(f"cin_init_style (--init-style): {cfg.cin_init_style} is out of range; "
+                                   f"the base network {cfg.cin_base} has styles 0 to {n - 1}")
 
 
 def _deployable(cfg: TrainConfig, model: torch.nn.Module, base: dict[str, Any], step: int, last: dict) -> dict:
@@ -464,6 +492,7 @@ def train_style(
     cfg = _absolute_paths(config.validate())
     uris = list_content_images(cfg.data, cfg.images)
     _read_style_image(cfg)  # a bad style image fails here, before any worker starts
+    _check_models(cfg)  # so do loss-network weights that do not fit --vgg-arch, and an --init-style out of range
     run = cfg.run_uri
     previous = latest_checkpoint(run)
     summary = TrainSummary(
