@@ -20,6 +20,7 @@ from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
 from nstray.cli.styling import styles, stylize
 from nstray.cli.train import train_style
+from nstray.cli.video import video
 from nstray.cli.weights import weights
 
 __all__ = ["main", "USER_ERRORS", "is_user_error"]
@@ -57,3 +58,4 @@ main.add_command(demo)
 main.add_command(optimize)
 main.add_command(weights)
 main.add_command(train_style)
+main.add_command(video)

@@ -1,0 +1,119 @@
+"""Flow, warping, stabilization and the warping-error metric on small generated clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from videofixtures import moving_frames
+
+from nstray.video.flow import FlowError, FlowEstimator, compose, consistency, reliable_mask, warp
+from nstray.video.metrics import Meter, measure, ssim
+from nstray.video.stabilize import StabilizeError, Stabilizer
+
+
+def test_dis_and_farneback_find_the_shift_and_warp_aligns():
+    b, a = moving_frames(2)  # the scene slides right 2 px: a(x) = b(x - 2)
+    for name in ("dis-medium", "farneback"):
+        f = FlowEstimator(name)(a, b)
+        inner = f[8:-8, 8:-8]
+        assert abs(float(np.median(inner[..., 0])) + 2.0) < 0.3 and abs(float(np.median(inner[..., 1]))) < 0.3
+        err = np.abs(warp(b, f).astype(float) - a)[8:-8, 8:-8].mean()
+        assert err < 3.0, name
+
+
+def test_consistency_flags_disagreeing_flow_and_frame_exits():
+    h, w = 32, 40
+    fwd = np.zeros((h, w, 2), np.float32)
+    fwd[..., 0] = 2.0
+    bwd = -fwd
+    occ, boundary = consistency(fwd, bwd)
+    assert not occ[:, : w - 3].any() and occ[:, w - 2:].all()  # pixels that leave the frame are occluded
+    assert not boundary.any()
+    bad = bwd.copy()
+    bad[:10] = 3.0  # the reverse flow disagrees on the top rows
+    assert not reliable_mask(fwd, bad)[:9, : w - 3].any()
+
+
+def test_compose_adds_shifts():
+    f = np.zeros((16, 16, 2), np.float32)
+    f[..., 0] = 1.0
+    g = np.zeros((16, 16, 2), np.float32)
+    g[..., 1] = 2.0
+    c = compose(f, g)
+    assert np.allclose(c[..., 0], 1.0) and np.allclose(c[..., 1], 2.0)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(FlowError, match="unknown flow estimator 'raft'"):
+        FlowEstimator("raft")
+    with pytest.raises(FlowError, match="frame a must be uint8"):
+        FlowEstimator()(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(StabilizeError, match="strength must be in"):
+        Stabilizer(1.5)
+    s = Stabilizer(0.5)
+    with pytest.raises(StabilizeError, match="before begin"):
+        s.finish(np.zeros((4, 4, 3), np.uint8))
+
+
+def _flicker(frames, seed=1, amp=40):
+    """A stand-in for per-frame styling: a fixed colour map of the frame plus fresh per-frame noise (flicker)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        styled = 255 - f
+        noise = rng.normal(0, amp, f.shape)
+        out.append(np.clip(styled + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+def test_stabilized_warping_error_is_below_naive_and_strength_zero_is_naive():
+    frames = moving_frames(10, w=96, h=64)
+    naive = _flicker(frames)
+    stab = Stabilizer(0.8, noise=0.2)
+    off = Stabilizer(0.0)
+    out, same = [], []
+    for f, n in zip(frames, naive):
+        stab.begin(f)
+        out.append(stab.finish(n))
+        off.begin(f)
+        same.append(off.finish(n))
+    assert all(np.array_equal(a, b) for a, b in zip(same, naive))
+    m = measure(frames, out, naive=naive)
+    m0 = measure(frames, naive)
+    assert m.warping_error < 0.5 * m0.warping_error
+    assert m.style_strength > 0.8 * m0.style_strength and m.ssim_to_naive is not None
+    assert m.source_warping_error < m0.warping_error
+
+
+def test_unstyled_pixels_keep_the_source_bytes():
+    frames = moving_frames(5)
+    stab = Stabilizer(0.9)
+    for f in frames:
+        styled = f.copy()
+        styled[:, 32:] = 255 - f[:, 32:]  # the right half styled, the left half left alone by the plan
+        stab.begin(f)
+        out = stab.finish(styled)
+        assert np.array_equal(out[:, :32], f[:, :32])
+
+
+def test_shot_cut_resets():
+    a = moving_frames(4, seed=1)
+    b = moving_frames(4, seed=2)
+    stab = Stabilizer(0.8)
+    for f in a + b:
+        stab.begin(f)
+        stab.finish(255 - f)
+    assert stab.stats.cuts == 1
+
+
+def test_meter_per_part_and_ssim():
+    frames = moving_frames(4)
+    labels = np.full((48, 64), -1, np.int32)
+    labels[:, 32:] = 0
+    meter = Meter(["a", "b"], reference="a", categories=["wheel"])
+    for f in frames:
+        meter.add(f, {"a": f, "b": 255 - f}, labels)
+    r = meter.result()
+    assert r["a"].ssim_to_naive == pytest.approx(1.0) and r["a"].style_strength == 0.0
+    assert set(r["b"].parts) == {"background", "wheel"}
+    assert ssim(frames[0], frames[0]) == pytest.approx(1.0)
