@@ -85,14 +85,24 @@ REGISTRY: dict[str, WeightsEntry] = {
             None,
             "VGG-16 ImageNet features (torchvision)",
         ),
-        WeightsEntry(
-            "deeplabv3_resnet50",
-            "torchvision://DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
-            None,
-            "DeepLabV3-ResNet50 semantic segmentation (torchvision)",
-        ),
     ]
 }
+_SEG_NOTE = "COCO with the 20 VOC labels (car, bus, motorbike, bicycle; trucks are background)"
+for _name, _uri, _what in (
+    ("deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", "DeepLabV3-ResNet50"),
+    ("deeplabv3_resnet101", "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1", "DeepLabV3-ResNet101"),
+    ("deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+     "DeepLabV3-MobileNetV3-Large"),
+    ("lraspp_mobilenet_v3_large", "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", "LR-ASPP MobileNetV3-Large"),
+    ("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "ResNet-50 ImageNet classifier"),
+    ("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "ResNet-101 ImageNet classifier"),
+    ("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "MobileNetV3-Large ImageNet classifier"),
+):
+    REGISTRY[_name] = WeightsEntry(
+        _name, f"torchvision://{_uri}", None,
+        f"{_what} semantic segmentation (torchvision), {_SEG_NOTE}" if "Weights.COCO" in _uri
+        else f"{_what} (torchvision): the backbone start of `nstray train-seg --backbone-weights {_name}`",
+    )
 
 
 def cache_dir() -> Path:

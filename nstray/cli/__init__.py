@@ -9,6 +9,7 @@ from nstray import __version__
 from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
+from nstray.cli.segmentation import eval_seg, segment, train_seg
 from nstray.cli.styling import styles, stylize
 from nstray.cli.train import train_style
 from nstray.cli.weights import weights
@@ -29,3 +30,6 @@ main.add_command(demo)
 main.add_command(optimize)
 main.add_command(weights)
 main.add_command(train_style)
+main.add_command(train_seg)
+main.add_command(eval_seg)
+main.add_command(segment)
