@@ -97,7 +97,7 @@ def render_metric_plot(history: Sequence[Mapping[str, float]], keys: Sequence[st
     ax = fig.add_subplot()
     xs = [r[x] for r in history]
     for key in keys:
-        ax.plot(xs, [float(r.get(key, math.nan)) for r in history], marker="o", ms=3, label=key)
+        ax.plot(xs, [math.nan if r.get(key) is None else float(r[key]) for r in history], marker="o", ms=3, label=key)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     ax.set_title(title or ", ".join(keys))

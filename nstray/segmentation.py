@@ -113,7 +113,7 @@ def predict_coco(seg: Segmenter, root: str, uris: Sequence[str], *, model_ref: s
         rel = uri[len(base):] if uri.startswith(base) else storage.parse(uri).path.rsplit("/", 1)[-1]
         image = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels)
         h, w = image.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0).to(device)
+        x = torch.tensor(image).permute(2, 0, 1)[None].float().div_(255.0).to(device)
         probs = seg.logits(x, size).softmax(1)[0]
         labels = probs.argmax(0)
         image_id = i + 1

@@ -133,7 +133,9 @@ def _torchvision_weights(spec: str):
     import torchvision.models as tvm
 
     enum_name, _, member = spec.partition(".")
-    enum = getattr(tvm, enum_name, None)
+    # classifiers live in torchvision.models, segmentation / flow / detection weights in its subpackages
+    spaces = (tvm, tvm.segmentation, tvm.optical_flow, tvm.detection, tvm.video)
+    enum = next((getattr(ns, enum_name) for ns in spaces if hasattr(ns, enum_name)), None)
     if enum is None or not member or not hasattr(enum, member):
         raise WeightsNotFound(f"torchvision://{spec}: no such torchvision weights (expected e.g. VGG19_Weights.IMAGENET1K_V1)")
     return getattr(enum, member)
@@ -152,7 +154,16 @@ def _torchvision_path(spec: str, download: bool) -> Path:
                 f"On a machine with internet run `nstray weights pull {spec}`; on an air-gapped cluster "
                 "stage them with `nstray weights push NAME s3://...` and pass the s3:// URI instead"
             )
-        torch.hub.download_url_to_file(weights.url, str(path), progress=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(path), progress=True)
+        except OSError as exc:  # URLError, timeouts, refused connections: no internet here
+            reason = getattr(exc, "reason", None) or exc
+            raise WeightsNotFound(
+                f"cannot download torchvision weights {spec} from {weights.url}: {reason}. This machine cannot "
+                f"reach the internet: run `nstray weights pull {spec}` where it can and copy the file to {path}, "
+                "or `nstray weights push` it to S3 there and pass the s3:// URI here"
+            ) from None
     return path
 
 

@@ -151,7 +151,7 @@ def read_example(record: ImageRecord, index: Mapping[str, int], max_pixels: int 
     if image.shape[:2] != (record.height, record.width):
         raise ImageDecodeError(record.uri, f"is {image.shape[1]}x{image.shape[0]}, the annotations say "
                                f"{record.width}x{record.height}", "fix width/height in the annotations")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.tensor(image).permute(2, 0, 1).float().div_(255.0)
     return x, torch.from_numpy(target_map(record, index)).long()
 
 

@@ -151,12 +151,13 @@ class SegTrainSummary:
 
 
 def _history_row(epoch: int, step: int, loss: float, scores: dict[str, Any], classes: list[str], seconds: float,
-                 images: int) -> dict[str, float]:
-    row: dict[str, float] = {"epoch": epoch, "step": step, "total": loss, "miou": scores["miou"],
+                 images: int) -> dict[str, float | None]:
+    """One epoch's row of the curves: loss, validation mIoU / pixel accuracy / IoU per class, speed."""
+    row: dict[str, float | None] = {"epoch": epoch, "step": step, "total": loss, "miou": scores["miou"],
                              "pixel_accuracy": scores["pixel_accuracy"], "seconds": seconds,
                              "images_per_s": images / max(seconds, 1e-9)}
-    row.update({f"iou_{c}": v for c, v in zip(classes, scores["iou"])})
-    return row
+    row.update({f"iou_{c}": None if math.isnan(v) else v for c, v in zip(classes, scores["iou"])})  # None: class absent
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
 def _evaluate(net: torch.nn.Module, cfg: SegTrainConfig, classes: list[str], rows: list[dict], index: dict[str, int],
@@ -258,14 +259,14 @@ def seg_train_loop(loop_config: dict) -> None:
         row = _history_row(epoch, step + 1, float(loss_sum[0] / loss_sum[1]), scores, classes, seconds,
                            count * cfg.batch_size * world)
         history.append(row)
-        metrics = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        metrics = {k: v for k, v in row.items() if v is not None}
         if rank == 0:
             miou = scores["miou"] if not math.isnan(scores["miou"]) else -math.inf
             is_best = miou > best
             best = max(best, miou)
             meta = {"epoch": epoch, "step": step + 1, "data": cfg.data, "class_map": cfg.class_map,
-                    "val": {"miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
-                            "per_class": dict(zip(classes, scores["iou"]))}}
+                    "val": {"miou": row["miou"], "pixel_accuracy": row["pixel_accuracy"],
+                            "per_class": {c: row[f"iou_{c}"] for c in classes}}}
             buf = io.BytesIO()
             torch.save(segmenter_checkpoint(net, cfg.arch, classes, size=cfg.size, meta=meta), buf)
             train_state = {"format": STATE_FORMAT, "version": 1, "arch": cfg.arch, "classes": classes,
