@@ -156,6 +156,17 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_train_env(ray_cluster, monkeypatch):
+    """Ray Train settings for a small shared test machine (propagated by Ray Train to its controller):
+    a patient worker-group start (worker processes import torch on two busy cores), no spot-preemption
+    watcher actor (a local cluster is never preempted), and quicker polling of the workers."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    return ray_cluster
+
+
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     path = SHARED / "data" / "videos"
