@@ -300,7 +300,7 @@ def iou_scores(cm: Tensor) -> dict[str, Any]:
     """Per-class IoU, mIoU and pixel accuracy of a confusion matrix.
 
     IoU_k = TP / (TP + FP + FN). A class absent from both truth and prediction has no IoU (``nan``) and is
-    left out of the mean, as in torchvision's reference.
+    left out of the mean (torchvision's reference would average in the nan).
     """
     cm = cm.double()
     tp = cm.diag()
