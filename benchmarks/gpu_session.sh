@@ -15,7 +15,8 @@
 #   python3 -m pip download $P -d /tmp/ray ray==2.60.0 && (cd /tmp/ray && unzip -q ray-*.whl && \
 #     rm -rf ray/jars ray/rllib ray/dashboard/client/build ray/llm ray-*.whl && zip -qr "$OLDPWD/.whl/ray-stripped.zip" .) Steps: nvjpeg decode/encode vs PIL on real JPEGs; the dataset job at 512²
 # end to end on one GPU actor, JPEG decode/encode by nvjpeg vs by CPU tasks; feed-forward (K parts,
-# batches, fp16/bf16); optimization NST iterations/s.
+# batches, fp16/bf16); optimization NST iterations/s; segmentation (STEPS=segmentation, not a default step):
+# inference images/s per architecture at 512², and `train-seg` on Ray Train with one GPU worker.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -52,4 +53,7 @@ want profile && step profile 120 python3 benchmarks/profile_stylize.py --device 
 want feedforward && step feedforward 150 python3 benchmarks/feedforward.py --device cuda --sizes 512 1024 \
   --skip a c --repeats 3 --json "$OUT/feedforward.json"
 want optimize && step optimize 120 python3 benchmarks/optimize.py --device cuda --sizes 512 1024 --iters 15
+want segmentation && step segmentation "${SEG_LIMIT:-420}" python3 benchmarks/segmentation.py --device cuda \
+  --infer-size 512 --train-images "${SEG_IMAGES:-2000}" --arch "${SEG_ARCH:-deeplabv3_resnet50}" --size 512 \
+  --epochs "${SEG_EPOCHS:-3}" --batch-size 16 --cpus-per-worker 8 --loader-workers 12 --json "$OUT/segmentation.json"
 exit 0  # a skipped last step is not a failure; each step prints its own exit code

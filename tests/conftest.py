@@ -156,6 +156,18 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on shared cores: one torch thread is several times faster than contending threads
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def ray_train_env(ray_cluster, monkeypatch):
     """Ray Train settings for a small shared test machine (propagated by Ray Train to its controller):

@@ -20,12 +20,7 @@ from nstray.models.segmentation import (
 from nstray.train.seg_data import SegDataError, augment, class_index, load_class_map, split_records, target_map
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

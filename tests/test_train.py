@@ -31,13 +31,7 @@ CONTENT = {"relu2_2": 1.0}
 STYLE = {"relu1_2": 1.0, "relu2_2": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on shared cores: one torch thread is several times faster than contending threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- helpers

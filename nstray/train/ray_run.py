@@ -43,6 +43,7 @@ __all__ = [
     "report_checkpoint",
     "restore",
     "root_cause",
+    "setting_problems",
     "worker_setup",
 ]
 
@@ -55,6 +56,14 @@ class TrainConfigError(ValueError):
 
 class TrainingError(RuntimeError):
     """The training run failed or cannot start (existing run, unreadable input, worker error)."""
+
+
+def setting_problems(config: object, minimums: Mapping[str, int], required: Sequence[str]) -> list[str]:
+    """The common checks of a training config: integers below their minimum, required text fields left empty."""
+    problems = [f"{key}: must be >= {low}, got {getattr(config, key)}"
+                for key, low in minimums.items() if int(getattr(config, key)) < low]
+    problems += [f"{key}: empty" for key in required if not str(getattr(config, key)).strip()]
+    return problems
 
 
 def checkpoint_name(index: int) -> str:

@@ -130,14 +130,12 @@ class TrainConfig:
         """Check every setting; raises :class:`TrainConfigError` naming each bad one."""
         from nstray.models.vgg import ARCHS, layer_names
 
-        problems: list[str] = []
+        problems = ray_run.setting_problems(self, {
+            "steps": 1, "batch_size": 1, "workers": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+            "johnson_channels": 1, "johnson_res_blocks": 0, "loader_workers": 0, "max_failures": 0, "warmup_steps": 0,
+        }, ("style_image", "data", "out"))
         if self.mode not in MODES:
             problems.append(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
-        for key, low in (("steps", 1), ("batch_size", 1), ("workers", 1), ("checkpoint_every", 1),
-                         ("keep_checkpoints", 1), ("johnson_channels", 1), ("johnson_res_blocks", 0),
-                         ("loader_workers", 0), ("max_failures", 0), ("warmup_steps", 0)):
-            if int(getattr(self, key)) < low:
-                problems.append(f"{key}: must be >= {low}, got {getattr(self, key)}")
         if self.size < 16:
             problems.append(f"size: training crops need at least 16 px, got {self.size}")
         if self.style_size is not None and self.style_size < 16:
@@ -164,9 +162,6 @@ class TrainConfig:
                 problems.append("content_layers: give at least one layer (or content_weight 0)")
         if self.mode == "cin" and self.cin_init_style is not None and self.cin_init_style < 0:
             problems.append(f"cin_init_style: must be >= 0, got {self.cin_init_style}")
-        for key in ("style_image", "data", "out"):
-            if not str(getattr(self, key)).strip():
-                problems.append(f"{key}: empty")
         if problems:
             raise TrainConfigError("invalid training settings:\n  " + "\n  ".join(problems))
         return self

@@ -100,14 +100,11 @@ class SegTrainConfig:
         return self.backbone_weights
 
     def validate(self) -> SegTrainConfig:
-        problems: list[str] = []
+        problems = ray_run.setting_problems(self, {  # batch_size 2: batch norm needs two samples
+            "epochs": 1, "batch_size": 2, "workers": 1, "keep_checkpoints": 1, "loader_workers": 0, "max_failures": 0,
+        }, ("data", "images", "out"))
         if self.arch not in ARCHS:
             problems.append(f"arch: {self.arch!r} is not one of {', '.join(ARCHS)}")
-        for key, low in (("epochs", 1), ("batch_size", 2), ("workers", 1), ("keep_checkpoints", 1),
-                         ("loader_workers", 0), ("max_failures", 0)):
-            if int(getattr(self, key)) < low:
-                why = " (batch norm needs two samples)" if key == "batch_size" else ""
-                problems.append(f"{key}: must be >= {low}{why}, got {getattr(self, key)}")
         if self.size < 32:
             problems.append(f"size: needs at least 32 px, got {self.size}")
         for key in ("lr", "cpus_per_worker"):
@@ -122,9 +119,6 @@ class SegTrainConfig:
             problems.append("--val-images needs --val")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             problems.append(f"val_fraction: must be between 0 and 1, got {self.val_fraction}")
-        for key in ("data", "images", "out"):
-            if not str(getattr(self, key)).strip():
-                problems.append(f"{key}: empty")
         if problems:
             raise TrainConfigError("invalid segmentation training settings:\n  " + "\n  ".join(problems))
         return self
