@@ -5,6 +5,9 @@ A history is a list of rows ``{"step": int, "content": float, "style": float, "t
 resolution level). Torch-free, and matplotlib (Agg: no display needed) is imported only when
 rendering, so :mod:`~nstray.stylize` and :mod:`~nstray.train` can both use it without depending on
 each other. Returns PNG bytes; the caller writes them (local or ``s3://``).
+
+Segmentation adds :func:`render_metric_plot` (validation mIoU per epoch) and :func:`render_confusion`
+(``nstray eval-seg --confusion``).
 """
 
 from __future__ import annotations
