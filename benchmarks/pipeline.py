@@ -130,13 +130,14 @@ def bare_loop(annotations: str, images: str, plan_path: str, out: str, variants:
     from nstray.data.images import decode_image
     from nstray.pipeline.stages import encode_image, output_key
     from nstray.plan import load_plan
+    from nstray.assets import load_plan_assets
     from nstray.stylize.parts import PartStylizer
 
     coco = load_coco(annotations)
     records, _ = read_records(coco, images, check_files=False)
     plan = load_plan(plan_path)
     t0 = time.perf_counter()
-    stylizer = PartStylizer(plan, device=device)
+    stylizer = PartStylizer(plan, device=device, assets=load_plan_assets(plan))
     load_s = time.perf_counter() - t0
     for rec in records:
         image = decode_image(storage.read_bytes(rec.uri), name=rec.file_name)

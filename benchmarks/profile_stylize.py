@@ -29,6 +29,7 @@ from nstray.data.coco import load_coco, read_records  # noqa: E402
 from nstray.data.images import decode_image  # noqa: E402
 from nstray.data.synth import generate  # noqa: E402
 from nstray.plan import load_plan  # noqa: E402
+from nstray.assets import load_plan_assets  # noqa: E402
 from nstray.stylize.parts import PartStylizer  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         images.append(decode_image(storage.read_bytes(r.uri), name=r.file_name))
         labels.append(masks.label_map(r.parts, r.height, r.width, plan.overlaps))
         cats.append([q.category for q in r.parts])
-    stylizer = PartStylizer(plan, device=args.device)
+    stylizer = PartStylizer(plan, device=args.device, assets=load_plan_assets(plan))
     keys = [r.image_id for r in records]
 
     def run() -> None:

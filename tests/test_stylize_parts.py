@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from nstray import storage
+from nstray.assets import AssetError, load_plan_assets
 from nstray.plan import load_plan
 from nstray.stylize.parts import PartStylizer, StylizeError
 
@@ -110,7 +111,7 @@ def test_multistyle_and_arbitrary_parts_one_pass_per_network(tmp_path):
               "both": {"kind": "arbitrary", "image": {"stripes.png": 1, "checks.png": 1}}}
     plan = _plan({"hood": {"style": "stripes"}, "wheel": {"style": "navy"}, "front_door": {"style": "checks"}},
                  styles=styles, base_dir=tmp_path)
-    ps = PartStylizer(plan)
+    ps = PartStylizer(plan, assets=load_plan_assets(plan))
     multi, arb = _count_calls(ps.multistyle), _count_calls(ps.transformer)
     img, lab = _photo(), _labels()
     out = ps(img, lab, CATS).image
@@ -229,8 +230,10 @@ def test_bad_inputs_and_unsupported_styles_are_clear():
     with pytest.raises(StylizeError, match=r"uint8 \[H, W, 3\]"):
         ps(img.astype(np.float32), lab, CATS)
     ff = load_plan({"styles": {"vg": {"kind": "feedforward", "weights": "s3://b/vg.pt"}}, "parts": {"hood": {"style": "vg"}}})
-    with pytest.raises(StylizeError, match=r"style vg: cannot read feed-forward weights s3://b/vg\.pt"):
+    with pytest.raises(StylizeError, match=r"style vg: its weights s3://b/vg\.pt are not loaded"):
         PartStylizer(ff)
+    with pytest.raises(AssetError, match=r"styles\.vg\.weights: cannot read feed-forward weights s3://b/vg\.pt"):
+        load_plan_assets(ff)
     with pytest.warns(RuntimeWarning, match="CUDA is not available") if not torch.cuda.is_available() else _nothing():
         PartStylizer(_plan({"hood": {"style": "pale"}}), device="cuda")
     assert np.array_equal(PartStylizer(_plan({}))(img, lab, CATS).image, img)  # nothing styled: the input
@@ -248,11 +251,13 @@ def test_style_images_are_read_from_s3(s3_bucket):
     storage.write_bytes(s3_bucket + "/styles/stripes.png", _style_png("stripes"))
     plan = load_plan({"styles": {"s": {"kind": "arbitrary", "image": s3_bucket + "/styles/stripes.png"}},
                       "parts": {"front_door": {"style": "s"}}})
-    ps = PartStylizer(plan)
+    ps = PartStylizer(plan, assets=load_plan_assets(plan))
     img, lab = _photo(), _labels()
     out = ps(img, lab, CATS).image
     assert _mad(out, img, lab == 2) > 10 and np.array_equal(out[lab != 2], img[lab != 2])
     missing = load_plan({"styles": {"s": {"kind": "arbitrary", "image": s3_bucket + "/styles/nope.png"}},
                          "parts": {"front_door": {"style": "s"}}})
-    with pytest.raises(StylizeError, match="cannot read style image.*nope.png.*does not exist"):
+    with pytest.raises(AssetError, match=r"styles\.s\.image: cannot read style image.*nope.png.*does not exist"):
+        load_plan_assets(missing)
+    with pytest.raises(StylizeError, match="nope.png is not loaded"):
         PartStylizer(missing)

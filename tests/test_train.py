@@ -20,7 +20,8 @@ from nstray.models.multistyle import multistyle26
 from nstray.models.vgg import vgg_encoder
 from nstray.plan import load_plan
 from nstray.plots import render_loss_plot
-from nstray.stylize.feedforward import CINStyleNet, FeedforwardError, append_style, load_feedforward, read_checkpoint
+from nstray.assets import AssetError, load_feedforward, load_plan_assets, read_checkpoint
+from nstray.stylize.feedforward import CINStyleNet, FeedforwardError, append_style
 from nstray.stylize.parts import PartStylizer, StylizeError
 from nstray.train.curves import history_csv
 from nstray.train.data import ContentImages, TrainDataError, list_content_images, sample_positions
@@ -85,7 +86,7 @@ def _styles_the_part_only(weights: str, scale: float = 1.0) -> None:
     plan = load_plan({"styles": {"mine": {"kind": "feedforward", "weights": weights}},
                       "parts": {"hood": {"style": "mine", "scale": scale}}})
     image, labels = _photo_and_labels()
-    out = PartStylizer(plan)(image, labels, ["hood"])
+    out = PartStylizer(plan, assets=load_plan_assets(plan))(image, labels, ["hood"])
     inside = labels == 0
     assert out.styles["hood"] == "mine"
     assert np.array_equal(out.image[~inside], image[~inside])  # outside the part: the input's bytes
@@ -214,7 +215,9 @@ def test_feedforward_loader_errors(tmp_path):
         read_checkpoint("s3://no-such-bucket-here/model.pt")
     plan = load_plan({"styles": {"vg": {"kind": "feedforward", "weights": str(tmp_path / "missing.pt")}},
                       "parts": {"hood": {"style": "vg"}}})
-    with pytest.raises(StylizeError, match="style vg: cannot read feed-forward weights"):
+    with pytest.raises(AssetError, match="styles.vg.weights: cannot read feed-forward weights"):
+        load_plan_assets(plan)
+    with pytest.raises(StylizeError, match="style vg: its weights .* are not loaded"):
         PartStylizer(plan)
 
 

@@ -155,9 +155,9 @@ def test_corpus_local(tmp_path, monkeypatch):
     read: list[str] = []
     real_read = storage.read_bytes
 
-    def recording_read(uri):
+    def recording_read(uri, **kw):
         read.append(str(uri))
-        return real_read(uri)
+        return real_read(uri, **kw)
 
     monkeypatch.setattr(storage, "read_bytes", recording_read)
     _check(_run_validate(str(annotations), str(images)), good_ids, bad_ids)

@@ -101,6 +101,7 @@ def format_summary(s: JobSummary) -> str:
 def run_config(config: str | dict | JobConfig, *, address: str | None = None, progress: bool = True,
                verify: bool = False) -> JobSummary:
     """Run a job with progress and the closing summary on stdout; errors become CLI errors."""
+    from nstray.assets import AssetError
     from nstray.config import ConfigError
     from nstray.data.coco import DatasetError
     from nstray.pipeline.job import run_job
@@ -112,7 +113,7 @@ def run_config(config: str | dict | JobConfig, *, address: str | None = None, pr
     try:
         summary = run_job(cfg, address=address, on_progress=bar, notify=lambda m: click.echo(m, err=True),
                           verify=verify)
-    except (ConfigError, DatasetError, PlanError, StorageError) as exc:
+    except (AssetError, ConfigError, DatasetError, PlanError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()

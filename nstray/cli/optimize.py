@@ -96,7 +96,7 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
     import numpy as np
 
     from nstray.plan import BACKGROUND, NONE, ArbitrarySpec
-    from nstray.stylize.parts import StylizeError, load_style_image
+    from nstray.assets import AssetError, load_style_image
 
     cats = [p.category for p in record.parts] + [BACKGROUND]
     chosen = [plan.choose(c, variant=variant, seed=seed, key=record.image_id) for c in cats]
@@ -109,10 +109,8 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
         if uri not in images:
             try:
                 images[uri] = load_style_image(uri)
-            except StylizeError as exc:
+            except AssetError as exc:
                 raise click.ClickException(str(exc)) from None
-            except ValueError as exc:  # ImageDecodeError
-                raise click.ClickException(f"style image {uri}: {exc}") from None
         return images[uri]
 
     for cat, name in zip(cats, chosen):

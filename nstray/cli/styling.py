@@ -242,13 +242,14 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
         labels, part_categories = _labels_from_coco(coco, coco_uri, image_id, h, w, plan.overlaps)
     original, labels = _downscale(original, labels, max_side)
 
+    from nstray.assets import AssetError, load_plan_assets
     from nstray.stylize.parts import PartStylizer, StylizeError
 
     try:
-        stylizer = PartStylizer(plan, device=device)
+        stylizer = PartStylizer(plan, device=device, assets=load_plan_assets(plan))
         result = stylizer(original, labels, part_categories, variant=variant, seed=seed,
                           key=image_id if image_id is not None else "")
-    except StylizeError as exc:
+    except (StylizeError, AssetError) as exc:
         raise click.ClickException(str(exc)) from None
     _write_png(out, result.image)
     if preview_uri:

@@ -22,85 +22,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nstray import storage
-from nstray.config import JobConfig, ResourcesConfig, load_config
+from nstray.config import JobConfig, load_config
 from nstray.pipeline import outputs
-from nstray.pipeline.lease import acquire as acquire_lease
-from nstray.pipeline.safety import check_output, job_inputs
 from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
+from nstray.pipeline.safety import job_inputs
+from nstray.pipeline.skeleton import Placement, ProgressFn, connect, flush_seconds, guarded, place, stage_env, stream
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
 
-__all__ = ["Placement", "place", "Work", "plan_work", "ensure_index", "JobSummary", "run_job", "INDEX_DIR"]
+__all__ = ["Placement", "place", "stage_env", "Work", "plan_work", "ensure_index", "JobSummary", "run_job",
+           "INDEX_DIR"]
 
 log = logging.getLogger("nstray.job")
 
 INDEX_DIR = "_index"
 _SUCCESS = "_SUCCESS.json"
-MIN_CPUS_PER_ACTOR = 0.25
-
-
-# ---------------------------------------------------------------- resources
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How the stylize stage is actually laid out on the cluster found (the config, fitted)."""
-
-    actors: int  # pool size (max)
-    min_actors: int  # pool starts with this many (== actors unless GPUs are short)
-    cpus_per_actor: float  # logical CPUs each actor reserves
-    gpus_per_actor: float
-    threads: int  # torch threads per actor
-    fused: bool
-    notes: tuple[str, ...] = ()
-
-
-def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) -> Placement:
-    """Fit the configured actor pool to the cluster's CPUs/GPUs so the job runs instead of waiting forever.
-
-    - ``gpus_per_actor > 0`` but no GPU in the cluster: CPU actors (when ``cpu_fallback``).
-    - fewer GPUs than the pool needs: the pool starts with what fits and may grow to ``actors``.
-    - one CPU stays free for reading the index (and the CPU stages when not fused); actors share the
-      rest (logical CPUs shrink, down to 0.25 each, then the pool shrinks).
-    """
-    notes: list[str] = []
-    gpus = resources.gpus_per_actor
-    if gpus > 0 and cluster_gpus <= 0 and resources.cpu_fallback:
-        notes.append("the cluster has no GPU: the stylizer actors run on CPU "
-                     "(set resources.cpu_fallback: false to wait for GPU nodes instead)")
-        gpus = 0.0
-    fused = resources.fused(gpus)
-    actors = resources.actors
-    if actors == "auto":
-        if gpus > 0:
-            actors = max(1, int(cluster_gpus // gpus))
-            notes.append(f"actors: auto: {actors} actor(s), one per {gpus:g} GPU of the cluster's {cluster_gpus:g}")
-        else:
-            spare = max(cluster_cpus - (1.0 if cluster_cpus >= 2 else cluster_cpus / 2), 0.0)
-            actors = max(1, int(spare // resources.cpus_per_actor))
-            notes.append(f"actors: auto: {actors} CPU actor(s) × {resources.cpus_per_actor:g} CPU")
-    min_actors = actors
-    if gpus > 0 and 0 < cluster_gpus < actors * gpus:
-        min_actors = max(1, int(cluster_gpus // gpus))
-        notes.append(f"the cluster has {cluster_gpus:g} GPU(s) for {actors} actors × {gpus:g}: starting {min_actors} "
-                     f"actor(s), growing to {actors} as the cluster autoscaler adds GPUs")
-    cpus = resources.cpus_per_actor
-    threads = max(1, int(round(resources.cpus_per_actor)))
-    reserve = 1.0 if cluster_cpus >= 2 else cluster_cpus / 2
-    budget = max(cluster_cpus - reserve, 0.0)
-    if cluster_cpus > 0 and min_actors * cpus > budget:
-        wanted = (min_actors, cpus)
-        if budget / min_actors < MIN_CPUS_PER_ACTOR:
-            min_actors = max(1, int(budget // MIN_CPUS_PER_ACTOR))
-            if gpus == 0:
-                actors = min_actors
-        cpus = max(budget / min_actors, 0.01) if budget > 0 else 0.01
-        notes.append(f"the cluster has {cluster_cpus:g} CPU(s) and one stays free for reading: "
-                     f"{min_actors} actor(s) × {cpus:.2f} logical CPU (asked {wanted[0]} × {wanted[1]:g}), "
-                     f"{threads} torch thread(s) each")
-    if gpus == 0:
-        actors = min_actors
-    return Placement(actors=actors, min_actors=min_actors, cpus_per_actor=round(cpus, 4), gpus_per_actor=gpus,
-                     threads=threads, fused=fused, notes=tuple(notes))
 
 
 # ---------------------------------------------------------------- resume
@@ -208,40 +143,12 @@ class JobSummary:
 _KEPT = ("image_id", "variant", "source_file", "output_key", "width", "height", "styles", "seed", "fingerprint",
          "status", "stage", "error", "size", "sha256")
 
-ProgressFn = Callable[[int, int, int], None]  # (done, failed, total)
-
-
-def _cluster_resources() -> tuple[float, float]:
-    import ray
-
-    res = ray.cluster_resources()
-    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
 
 
 def _reader_filesystem(uri: str):
     """``(filesystem, path)`` for Ray's Parquet readers, without credentials in it: each worker finds
     credentials itself through the standard AWS chain, so no secret travels in task specs."""
     return storage.pyarrow_filesystem(uri, with_credentials=False)
-
-
-# CPU actors: glibc keeps freed memory for reuse (torch's CPU allocator has no cache, so every big
-# intermediate is otherwise a fresh mmap + page faults) and idle OpenMP threads sleep instead of
-# spinning against the other actors' threads. Measured 1.2–1.4× by benchmarks/feedforward.py.
-_CPU_ACTOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}
-# the driver's storage settings reach every worker (never credentials: workers find those themselves)
-_FORWARDED_ENV = ("NSTRAY_S3_MAX_ATTEMPTS", "NSTRAY_S3_RETRY_SECONDS", "NSTRAY_S3_CONNECT_TIMEOUT",
-                  "NSTRAY_S3_READ_TIMEOUT", "AWS_ENDPOINT_URL",
-                  "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-
-
-def stage_env(placement: Placement) -> dict[str, str]:
-    """Environment variables of the job's Ray tasks and actors (their ``runtime_env``)."""
-    import os
-
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
-    if placement.gpus_per_actor == 0:
-        env.update({k: os.environ.get(k, v) for k, v in _CPU_ACTOR_ENV.items()})
-    return env
 
 
 def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_rows: int, opts: StageOptions,
@@ -299,9 +206,8 @@ def run_job(
     local cluster) only when there is work: a rerun of a finished job finds nothing to do and writes nothing.
     """
     cfg = load_config(config)
-    check_output(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan))
     run_id = outputs.new_run_id()
-    with acquire_lease(cfg.output, run_id):
+    with guarded(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan), run_id):
         return _run_locked(cfg, run_id, address=address, on_progress=on_progress, notify=notify,
                            ray_progress_bars=ray_progress_bars, verify=verify)
 
@@ -332,6 +238,7 @@ def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
 def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress: ProgressFn | None,
                 notify: Callable[[str], None] | None, ray_progress_bars: bool, verify: bool) -> JobSummary:
     """:func:`run_job` once the output's lease is held."""
+    from nstray.assets import load_plan_assets
     from nstray.data.coco import load_coco, read_records
 
     say = notify or log.info
@@ -342,6 +249,7 @@ def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress
     coco = load_coco(cfg.input.annotations)
     categories = sorted({c["name"] for c in coco.get("categories", [])})
     plan = cfg.load_plan(categories=categories)  # part names must be the dataset's categories
+    load_plan_assets(plan, max_pixels=cfg.limits.max_pixels)  # style images and weights load: fail before Ray
     records, record_errors = read_records(coco, cfg.input.images, check_files=False,
                                           max_pixels=cfg.limits.max_pixels, source=cfg.input.annotations)
     by_id = {r.image_id: r for r in records}
@@ -356,18 +264,14 @@ def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress
 
     writer = outputs.ManifestWriter(out, run_id, previous={k: (r["status"], r["stage"], r["error"])
                                                           for k, r in latest.items()}, keep=_KEPT,
-                                    flush_seconds=_flush_seconds())
+                                    flush_seconds=flush_seconds())
     stats = RunStats()
     ray_stats: str | None = None
     restarts: int | None = None
     if work.pending:
-        import ray
         import ray.data
 
-        if not ray.is_initialized():
-            ray.init(address=address)
-        cpus, gpus = _cluster_resources()
-        placement = place(cfg.resources, cpus, gpus)
+        placement, cpus, gpus = connect(address, cfg.resources)
         summary.placement = asdict(placement)
         for note in placement.notes:
             say(note)
@@ -386,21 +290,10 @@ def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
         ds = _build_dataset(cfg, shards, work, len(records), opts, placement)
-        t0 = time.perf_counter()
-        since_ms = int(time.time() * 1000)
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                rows = batch.to_pylist()
-                writer.add(rows)
-                stats.add(rows)
-                if on_progress:
-                    on_progress(writer.done, writer.failed, work.outputs)
-        finally:
-            writer.flush()  # whatever finished is recorded, even when interrupted
-        summary.pipeline_seconds = time.perf_counter() - t0
+        streamed = stream(ds, writer, stats, work.outputs, on_progress)
+        summary.pipeline_seconds = streamed.pipeline_seconds
         summary.written += writer.parts
-        ray_stats = _ray_data_stats(ds)
-        restarts = _actor_restarts(since_ms)
+        ray_stats, restarts = streamed.ray_stats, streamed.restarts
     summary.done, summary.failed = writer.done, writer.failed
     if summary.pipeline_seconds > 0:
         summary.images_per_s = summary.done / summary.pipeline_seconds
@@ -443,40 +336,6 @@ def _tidy_outputs(cfg: JobConfig, latest: dict[tuple[int, int], dict], fingerpri
 def _variant_key(key: str) -> tuple[int, int]:
     parts = key.split("/")
     return int(parts[1]), int(parts[2].split(".")[0])
-
-
-def _flush_seconds() -> float:
-    """How often the driver records finished outputs (a killed driver loses at most this much of the
-    manifest; those outputs are then redone by the rerun, under the same keys)."""
-    import os
-
-    return float(os.environ.get("NSTRAY_MANIFEST_FLUSH_SECONDS", "10"))
-
-
-def _ray_data_stats(ds: Any) -> str | None:
-    """Ray Data's own per-operator timing of the run, as text (None if Ray cannot give it)."""
-    try:
-        return str(ds.stats())[:20000]
-    except Exception:  # noqa: BLE001 - reporting must never fail the job
-        return None
-
-
-def _actor_restarts(since_ms: int) -> int | None:
-    """Restarts of this job's Ray Data actors started since ``since_ms``, as the Ray GCS counts them.
-
-    Uses Ray's internal actor table (the public state API needs the dashboard, which a cluster may not
-    run); None when it is not available.
-    """
-    try:
-        import ray
-        from ray._private.state import state
-
-        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
-        table = state.actor_table(None, job_id=job)
-        return sum(int(a.get("NumRestarts", 0)) for a in table.values()
-                   if "MapWorker" in str(a.get("ActorClassName", "")) and int(a.get("StartTime", 0)) >= since_ms)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, record_errors: Sequence[Any],

@@ -492,6 +492,7 @@ class Stylizer:
                  fused: bool = False) -> None:
         import torch
 
+        from nstray.assets import load_plan_assets
         from nstray.plan import load_plan
         from nstray.stylize.parts import PartStylizer
 
@@ -499,7 +500,8 @@ class Stylizer:
             torch.set_num_threads(int(threads))
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
         parsed = load_plan(plan)
-        self.stylizer = PartStylizer(parsed, device=self.device)
+        self.stylizer = PartStylizer(parsed, device=self.device,
+                                     assets=load_plan_assets(parsed, max_pixels=opts.max_pixels))
         self.models = json.dumps(model_ids(parsed), sort_keys=True)
         self.worker = json.dumps(worker_info(self.device), sort_keys=True)
         self.opts = opts

@@ -14,15 +14,14 @@ A checkpoint is one file of plain tensors, dicts, strings and numbers (``torch.l
 ``meta`` holds what the training run knew (style image, step, size, loss weights); nothing reads it
 back but people and manifests.
 
-:func:`load_feedforward` returns a network with ``forward(x [B,3,H,W] in [0,1]) -> [B,3,H,W]`` either
-way, so :class:`~nstray.stylize.parts.PartStylizer` runs every checkpoint alike. ``s3://`` checkpoints
-are read fresh each time (not through the weights cache, which is keyed by URI: a run that goes on
-training rewrites the same URI).
+:func:`build_feedforward` returns a network with ``forward(x [B,3,H,W] in [0,1]) -> [B,3,H,W]`` either
+way, so :class:`~nstray.stylize.parts.PartStylizer` runs every checkpoint alike. Files are read at the
+edge (:func:`nstray.assets.read_checkpoint`: ``s3://`` checkpoints fresh each time, not through the weights
+cache, which is keyed by URI: a run that goes on training rewrites the same URI).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,8 @@ __all__ = [
     "johnson_checkpoint",
     "cin_checkpoint",
     "append_style",
-    "read_checkpoint",
+    "check_checkpoint",
     "build_feedforward",
-    "load_feedforward",
 ]
 
 FORMAT = "nstray.feedforward"
@@ -141,31 +139,17 @@ class CINStyleNet(nn.Module):
         return self.net(x, self.onehot.expand(x.shape[0], -1))
 
 
-def read_checkpoint(ref: str | Path) -> dict[str, Any]:
-    """Load a feed-forward checkpoint dict (local path, ``s3://`` URI, or a registry name) with ``weights_only=True``."""
-    from nstray import storage, weights
-
-    text = str(ref)
-    try:
-        if storage.is_s3(text):
-            data = storage.read_bytes(text)  # fresh: a training run rewrites the same URI
-            source: Any = io.BytesIO(data)
-        else:
-            source = weights.resolve(text)
-        ckpt = torch.load(source, map_location="cpu", weights_only=True)
-    except (storage.StorageError, weights.WeightsNotFound) as exc:
-        raise FeedforwardError(f"cannot read feed-forward weights {text}: {exc}") from None
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise FeedforwardError(f"feed-forward weights {text}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+def check_checkpoint(ckpt: Any, label: str = "<checkpoint>") -> dict[str, Any]:
+    """A loaded checkpoint, checked against the format (a bare Johnson ``state_dict`` is wrapped)."""
     if not isinstance(ckpt, dict):
-        raise FeedforwardError(f"feed-forward weights {text}: expected a checkpoint dict, got {type(ckpt).__name__}")
+        raise FeedforwardError(f"feed-forward weights {label}: expected a checkpoint dict, got {type(ckpt).__name__}")
     if ckpt.get("format") != FORMAT:
         if "state_dict" not in ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
             return {"format": FORMAT, "version": VERSION, "kind": "johnson", "state_dict": ckpt, "meta": {}}
-        raise FeedforwardError(f"feed-forward weights {text}: not an nstray feed-forward checkpoint "
+        raise FeedforwardError(f"feed-forward weights {label}: not an nstray feed-forward checkpoint "
                                f"(format {ckpt.get('format')!r}); train one with `nstray train-style`")
     if int(ckpt.get("version", 0)) > VERSION:
-        raise FeedforwardError(f"feed-forward weights {text}: format version {ckpt['version']} is newer than this "
+        raise FeedforwardError(f"feed-forward weights {label}: format version {ckpt['version']} is newer than this "
                                f"nstray reads ({VERSION}); upgrade nstray")
     return ckpt
 
@@ -202,8 +186,3 @@ def build_feedforward(ckpt: Mapping[str, Any], label: str = "<checkpoint>") -> n
         raise FeedforwardError(f"{label}: unknown checkpoint kind {kind!r}; valid: johnson, cin")
     model.requires_grad_(False)
     return model.eval()
-
-
-def load_feedforward(ref: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Read a checkpoint (local, ``s3://`` or registry name) and build its network on ``device`` (eval, frozen)."""
-    return build_feedforward(read_checkpoint(ref), str(ref)).to(device)

@@ -2,8 +2,8 @@
 
 :class:`PartStylizer` loads once the networks a plan needs (the 26-style CIN network, the
 arbitrary-style predictor + transformer, each trained ``feedforward`` checkpoint through
-:func:`nstray.stylize.feedforward.load_feedforward`), predicts the style vectors of the plan's style
-images once (read through :mod:`nstray.storage`, so ``s3://`` works), and then styles images:
+:func:`nstray.stylize.feedforward.build_feedforward` from its checkpoint dict), predicts the style vectors of the plan's style
+images once (handed in as arrays: ``assets=`` :func:`nstray.assets.load_plan_assets`), and then styles images:
 
 1. each part's style is drawn from the plan (:meth:`Plan.choose`, deterministic);
 2. **one forward pass per network** styles all the parts that use it: a per-pixel style map
@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nstray import compose
+from nstray.assets import PlanAssets
 from nstray.plan import BACKGROUND, NONE, ArbitrarySpec, FeedforwardSpec, MultiStyleSpec, Plan, PartSpec
 
-__all__ = ["StylizeError", "StylizeResult", "PartStylizer", "resolve_device", "load_style_image"]
+__all__ = ["StylizeError", "StylizeResult", "PartStylizer", "resolve_device"]
 
 
 class StylizeError(ValueError):
@@ -106,18 +107,6 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return dev
 
 
-def load_style_image(uri: str, *, max_pixels: int = 50_000_000) -> np.ndarray:
-    """Read a style image (local path or ``s3://``) as ``uint8[H, W, 3]``."""
-    from nstray import storage
-    from nstray.data.images import decode_image
-
-    try:
-        data = storage.read_bytes(uri)
-    except storage.StorageError as exc:
-        raise StylizeError(f"cannot read style image: {exc}") from None
-    return decode_image(data, name=uri, max_pixels=max_pixels)
-
-
 def _ladder_up(n: float) -> int:
     """The smallest working side >= ``n`` on the ladder 32, 48, 64, 96, 128, 192, 256, ... (2^k and 1.5·2^k).
 
@@ -163,8 +152,10 @@ class PartStylizer:
         context: float = 0.25,
         max_batch_pixels: int = 8_000_000,
         edge_band_px: int | None = 16,
+        assets: PlanAssets | None = None,
     ) -> None:
         self.plan = plan
+        self.assets = assets if assets is not None else PlanAssets()
         self.device = resolve_device(device)
         self.max_work_side = int(max_work_side)
         self.context = float(context)
@@ -197,15 +188,19 @@ class PartStylizer:
         self.feedforward: dict[str, torch.nn.Module] = {}
         self._network_of: dict[str, str] = {}
         if "feedforward" in kinds:
-            from nstray.stylize.feedforward import FeedforwardError, load_feedforward
+            from nstray.stylize.feedforward import FeedforwardError, build_feedforward
 
             for name in used:
                 spec = plan.styles[name]
                 if isinstance(spec, FeedforwardSpec):
                     key = f"feedforward:{spec.weights}"
                     if key not in self.feedforward:
+                        ckpt = self.assets.checkpoints.get(spec.weights)
+                        if ckpt is None:
+                            raise StylizeError(f"style {name}: its weights {spec.weights} are not loaded; pass "
+                                               "assets=nstray.assets.load_plan_assets(plan)")
                         try:
-                            self.feedforward[key] = load_feedforward(spec.weights, self.device)
+                            self.feedforward[key] = build_feedforward(ckpt, spec.weights).to(self.device)
                         except FeedforwardError as exc:
                             raise StylizeError(f"style {name}: {exc}") from None
                     self._network_of[name] = key
@@ -216,7 +211,9 @@ class PartStylizer:
 
         vectors, weights = [], []
         for uri, weight in spec.images().items():
-            img = torch.tensor(load_style_image(uri), device=self.device).permute(2, 0, 1)[None].float() / 255.0
+            if uri not in self.assets.images:
+                raise StylizeError(f"style image {uri} is not loaded; pass assets=nstray.assets.load_plan_assets(plan)")
+            img = torch.tensor(self.assets.images[uri], device=self.device).permute(2, 0, 1)[None].float() / 255.0
             vectors.append(predictor(prepare_style_image(img, spec.style_size))[0])
             weights.append(weight)
         return blend(vectors, weights)
