@@ -282,13 +282,13 @@ def seg_train_loop(loop_config: dict) -> None:
         if (step + 1) % per_epoch:
             continue
         epoch = (step + 1) // per_epoch
+        seconds = time.perf_counter() - t_epoch  # training only: images/s leaves validation out
         if cfg.precise_bn:
             _recalibrate_bn(net, dataset, cfg, epoch, rank, world, device)
         cm = _evaluate(net, cfg, classes, val_rows, index, rank, world, device)
         if world > 1:
             dist.all_reduce(cm)
             dist.all_reduce(loss_sum)
-        seconds = time.perf_counter() - t_epoch
         scores = iou_scores(cm.cpu())
         row = _history_row(epoch, step + 1, float(loss_sum[0] / loss_sum[1]), scores, classes, seconds,
                            count * cfg.batch_size * world)
