@@ -50,6 +50,7 @@ __all__ = [
     "confusion_matrix",
     "iou_scores",
     "load_backbone_state",
+    "normalize",
     "poly_lr_factor",
     "read_segmenter",
     "segmentation_loss",
@@ -172,6 +173,13 @@ def load_backbone_state(model: nn.Module, arch: str, state: Mapping[str, Tensor]
 # ---------------------------------------------------------------- the segmenter
 
 
+def normalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """``float[B, 3, H, W]`` in [0, 1] → the network's input: training and inference both go through here."""
+    m = torch.tensor(tuple(mean), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
 @dataclass
 class Segmenter:
     """A network with its class list and input convention; :meth:`predict` gives label maps at the input size."""
@@ -185,9 +193,7 @@ class Segmenter:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def normalize(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalize(x, self.mean, self.std)
 
     @torch.no_grad()
     def logits(self, images: Tensor, size: int | None = None) -> Tensor:
