@@ -15,7 +15,7 @@ from nstray import weights
 from nstray.data.coco import ImageRecord, Part
 from nstray.models.segmentation import (
     ARCHS, IGNORE_INDEX, PRETRAINED, SegmentationError, Segmenter, build, confusion_matrix, iou_scores,
-    load_backbone_state, poly_lr_factor, read_segmenter, segmentation_loss, segmenter_checkpoint,
+    load_backbone_state, poly_lr_factor, read_segmenter, segmentation_loss, segmenter_checkpoint, train_step,
 )
 from nstray.train.seg_data import SegDataError, augment, class_index, load_class_map, split_records, target_map
 
@@ -125,6 +125,28 @@ def test_confusion_matrix_and_iou_against_a_hand_computed_case():
     assert s["pixel_accuracy"] == pytest.approx(4 / 7) and s["pixels"] == 7
     with pytest.raises(SegmentationError, match="shape"):
         confusion_matrix(pred[:1], target, 4)
+
+
+def test_what_train_step_learns_is_what_the_segmenter_predicts_in_eval_mode():
+    """Training and inference see the same input convention (a mismatch shows as all-background in eval mode)."""
+    torch.manual_seed(0)
+    model = build("lraspp_mobilenet_v3_large", 2)
+    for m in model.modules():  # converge the running statistics within a short test
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.5
+    images = torch.rand(4, 3, 64, 64) * 0.3
+    target = torch.zeros(4, 64, 64, dtype=torch.long)
+    for k in range(4):
+        y0, x0 = 8 + 8 * k, 40 - 8 * k
+        images[k, :, y0:y0 + 20, x0:x0 + 20] += 0.6
+        target[k, y0:y0 + 20, x0:x0 + 20] = 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(30):
+        train_step(model, images, target, optimizer)
+    seg = Segmenter(model.eval(), "lraspp_mobilenet_v3_large", ["background", "part"], size=64)
+    scores = iou_scores(confusion_matrix(seg.predict(images), target, 2))
+    assert scores["iou"][1] > 0.5, scores
 
 
 def test_poly_schedule():

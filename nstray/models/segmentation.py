@@ -56,6 +56,7 @@ __all__ = [
     "segmentation_loss",
     "segmenter_checkpoint",
     "segmenter_from_pretrained",
+    "train_step",
 ]
 
 IGNORE_INDEX = 255
@@ -286,6 +287,16 @@ def segmentation_loss(outputs: Mapping[str, Tensor], target: Tensor, aux_weight:
     if "aux" in outputs and aux_weight:
         loss = loss + aux_weight * F.cross_entropy(outputs["aux"], target, ignore_index=IGNORE_INDEX)
     return loss
+
+
+def train_step(model: nn.Module, images: Tensor, target: Tensor, optimizer: torch.optim.Optimizer,
+               aux_weight: float = 0.5) -> Tensor:
+    """One optimizer step on ``images`` in [0, 1] (normalized here exactly as :class:`Segmenter` does); the loss."""
+    loss = segmentation_loss(model(normalize(images)), target, aux_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def poly_lr_factor(step: int, total_steps: int, power: float = 0.9) -> float:

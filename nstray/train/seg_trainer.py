@@ -181,7 +181,7 @@ def seg_train_loop(loop_config: dict) -> None:
     from torch.utils.data import DataLoader
 
     from nstray.models.segmentation import (
-        build, iou_scores, load_backbone_state, normalize, poly_lr_factor, segmentation_loss, segmenter_checkpoint,
+        build, iou_scores, load_backbone_state, poly_lr_factor, segmenter_checkpoint, train_step,
     )
     from nstray.plots import render_loss_plot, render_metric_plot
     from nstray.train.data import StepBatches
@@ -236,12 +236,9 @@ def seg_train_loop(loop_config: dict) -> None:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * poly_lr_factor(step, total, cfg.poly_power)
         torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)  # dropout: a function of the step
-        out = model(normalize(x.to(device, non_blocking=True)))  # as Segmenter does at inference
-        loss = segmentation_loss(out, y.to(device, non_blocking=True), cfg.aux_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64, device=device)
+        loss = train_step(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True), optimizer,
+                          cfg.aux_weight)
+        loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64, device=device)
         count += 1
         if (step + 1) % per_epoch:
             continue
