@@ -31,26 +31,33 @@ class PlanAssets:
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_style_image(uri: str, *, max_pixels: int = 50_000_000) -> np.ndarray:
-    """Read a style image (local path or ``s3://``) as ``uint8[H, W, 3]``; errors name the file."""
+def load_style_image(uri: str, *, max_pixels: int = 50_000_000, limit_hint: str = "limits.max_pixels") -> np.ndarray:
+    """Read a style image (local path or ``s3://``) as ``uint8[H, W, 3]``: it must exist, be an image within
+    ``max_pixels`` (checked from the header, before decoding; ``limit_hint`` names the setting that raises
+    it) and decode. Errors name the file and the fix."""
     from nstray import storage
-    from nstray.data.images import ImageDecodeError, decode_image
+    from nstray.data.images import ImageDecodeError, decode_image, probe_image
 
     try:
         data = storage.read_bytes(uri)
     except storage.StorageError as exc:
-        raise AssetError(f"cannot read style image: {exc}") from None
+        raise AssetError(f"cannot read the style image: {exc}; fix: correct the path (relative paths are relative "
+                         "to the plan file)") from None
     try:
+        info = probe_image(data, uri)
+        if info.pixels > max_pixels:
+            raise AssetError(f"style image {uri} is {info.width}x{info.height} = {info.pixels:,} pixels, above the "
+                             f"limit of {max_pixels:,}; fix: downscale it (style images rarely need more than 1024 px), "
+                             f"or raise {limit_hint}")
         return decode_image(data, name=uri, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        raise AssetError(f"style image {exc}") from None
+        raise AssetError(f"style image {exc.name}: {exc.reason}; fix: point the plan at a real PNG/JPEG/WebP "
+                         "image") from None
 
 
 def read_checkpoint(ref: str | Path) -> dict[str, Any]:
     """Load a feed-forward checkpoint dict (local path, ``s3://`` URI, or a registry name) with
     ``weights_only=True``, checked against the format (:func:`nstray.stylize.feedforward.check_checkpoint`)."""
-    import torch
-
     from nstray import storage, weights
     from nstray.stylize.feedforward import FeedforwardError, check_checkpoint
 
@@ -60,12 +67,11 @@ def read_checkpoint(ref: str | Path) -> dict[str, Any]:
             source: Any = io.BytesIO(storage.read_bytes(text))  # fresh: a training run rewrites the same URI
         else:
             source = weights.resolve(text)
-        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+        ckpt = weights.load_checkpoint(source, f"feed-forward weights {text}")
     except (storage.StorageError, weights.WeightsNotFound) as exc:
         raise FeedforwardError(f"cannot read feed-forward weights {text}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - pickle errors, truncated files, non-tensor payloads
-        raise FeedforwardError(f"feed-forward weights {text}: not a loadable checkpoint ({type(exc).__name__}); "
-                               "it must be a file written by `nstray train-style`") from None
+    except (weights.WeightsChecksumError, weights.WeightsLoadError) as exc:
+        raise FeedforwardError(str(exc)) from None
     return check_checkpoint(ckpt, text)
 
 

@@ -32,16 +32,13 @@ def load_segmenter(ref: str, device: str | torch.device = "cpu") -> Segmenter:
 
     try:
         path = weights.resolve(ref)
-    except (weights.WeightsNotFound, weights.WeightsChecksumError) as exc:
+        loaded = weights.load_checkpoint(path, ref)
+    except (weights.WeightsNotFound, weights.WeightsChecksumError, weights.WeightsLoadError) as exc:
         raise SegmentationError(str(exc)) from None
     if ref in PRETRAINED:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise SegmentationError(f"{ref}: cannot load {path}: {type(exc).__name__}: {exc}") from None
-        seg = segmenter_from_pretrained(ref, state)
+        seg = segmenter_from_pretrained(ref, loaded)
     else:
-        seg = read_segmenter(path, label=ref)
+        seg = read_segmenter(loaded, label=ref)
     seg.model.to(device)
     return seg
 

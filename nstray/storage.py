@@ -311,15 +311,19 @@ def version_tag(uri: str | os.PathLike) -> str:
         raise _s3_error("check", str(uri), exc) from None
 
 
-def list_files(prefix: str | os.PathLike) -> Iterator[str]:
-    """Yield URIs of every file/object below a folder or S3 prefix (recursively), sorted for local paths."""
+def _listing(prefix: str | os.PathLike) -> Iterator[tuple[str, int]]:
+    """``(URI, size)`` of every file/object below a folder or S3 prefix (recursively; local paths sorted,
+    temporary ``.partial`` files left out); S3: one ``ListObjectsV2`` page per 1000 keys."""
     loc = parse(prefix)
     if loc.scheme == "file":
         root = Path(loc.path)
         if root.is_dir():
             for p in sorted(root.rglob("*")):
                 if p.is_file() and not p.name.endswith(".partial"):
-                    yield str(p)
+                    try:
+                        yield str(p), p.stat().st_size
+                    except OSError:  # removed meanwhile
+                        continue
         return
     key_prefix = loc.path.rstrip("/") + "/" if loc.path else ""
     token: dict[str, str] = {}
@@ -329,45 +333,20 @@ def list_files(prefix: str | os.PathLike) -> Iterator[str]:
         except Exception as exc:
             raise _s3_error("list", str(prefix), exc) from None
         for obj in page.get("Contents", []):
-            yield f"s3://{loc.bucket}/{obj['Key']}"
+            yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"])
         if not page.get("IsTruncated"):
             return
         token = {"ContinuationToken": page["NextContinuationToken"]}
 
 
+def list_files(prefix: str | os.PathLike) -> Iterator[str]:
+    """Yield URIs of every file/object below a folder or S3 prefix (recursively), sorted for local paths."""
+    return (uri for uri, _ in _listing(prefix))
+
+
 def list_sizes(prefix: str | os.PathLike) -> dict[str, int]:
-    """Every file/object below a folder or S3 prefix with its size in bytes, in one listing (S3: one
-    ``ListObjectsV2`` page per 1000 keys, no request per object)."""
-    loc = parse(prefix)
-    if loc.scheme == "file":
-        out: dict[str, int] = {}
-        root = Path(loc.path)
-        if root.is_dir():
-            for dirpath, _, names in os.walk(root):
-                for name in names:
-                    if name.endswith(".partial"):
-                        continue
-                    p = os.path.join(dirpath, name)
-                    try:
-                        st = os.stat(p, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if not os.path.isdir(p):
-                        out[p] = st.st_size
-        return out
-    key_prefix = loc.path.rstrip("/") + "/" if loc.path else ""
-    out = {}
-    token: dict[str, str] = {}
-    while True:
-        try:
-            page = _s3_call(lambda: s3_client().list_objects_v2(Bucket=loc.bucket, Prefix=key_prefix, **token))
-        except Exception as exc:
-            raise _s3_error("list", str(prefix), exc) from None
-        for obj in page.get("Contents", []):
-            out[f"s3://{loc.bucket}/{obj['Key']}"] = int(obj["Size"])
-        if not page.get("IsTruncated"):
-            return out
-        token = {"ContinuationToken": page["NextContinuationToken"]}
+    """Every file/object below a folder or S3 prefix with its size in bytes, in one listing (no request per object)."""
+    return dict(_listing(prefix))
 
 
 def _local_tag(data: bytes) -> str:

@@ -16,6 +16,7 @@ place that was looked at and how to stage the file.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = [
     "WeightsEntry",
     "WeightsNotFound",
     "WeightsChecksumError",
+    "WeightsLoadError",
+    "load_checkpoint",
     "REGISTRY",
     "cache_dir",
     "sha256_file",
@@ -50,6 +53,53 @@ class WeightsNotFound(FileNotFoundError):
 
 class WeightsChecksumError(ValueError):
     """The file exists but its sha256 differs from the registry's."""
+
+
+class WeightsLoadError(ValueError):
+    """The file exists but is not a checkpoint nstray can load safely (``torch.load(weights_only=True)``)."""
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in words (never torch's advice to
+    turn ``weights_only`` off: that would run whatever code the file carries)."""
+    text = str(exc)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        blocked = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln.split(":")[0].lower()), None)
+        if blocked:
+            return f"it holds Python objects besides tensors, which nstray refuses to load (they could run code): {blocked[:160].rstrip('.')}"
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0].strip() if "WeightsUnpickler error:" in text else ""
+        return f"it is not a file written by torch.save (unreadable pickle data{': ' + detail[:120] if detail else ''})"
+    if "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupt (its zip archive is incomplete)"
+    if isinstance(exc, EOFError) or not text:
+        return "the file is empty or cut short"
+    return f"it is not a file written by torch.save ({type(exc).__name__}: {text.splitlines()[0][:120]})"
+
+
+def load_checkpoint(source: str | os.PathLike | io.BytesIO, label: str, *, mmap: bool = False) -> object:
+    """``torch.load(source, map_location="cpu", weights_only=True)``; any failure raises :class:`WeightsLoadError`
+    naming ``label`` and what is wrong. ``mmap=True`` memory-maps zip-format files (falls back to reading the
+    whole file for legacy ones)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's "file an issue" notes on unusual pickle protocols
+        try:
+            if mmap and not isinstance(source, io.BytesIO):
+                try:
+                    return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle errors, truncated files, non-tensor payloads ...
+            raise WeightsLoadError(
+                f"{label}: not a valid checkpoint: {_load_failure(exc)}; fix: point at the right file "
+                "(a state dict saved with torch.save, or one written by nstray), or fetch it again"
+            ) from None
 
 
 REGISTRY: dict[str, WeightsEntry] = {

@@ -64,7 +64,7 @@ def test_whole_file_problem_is_one_error_line(tmp_path):
     result = run("validate", str(bad), "--images", str(tmp_path))
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr.startswith(f"error: {bad}: not valid JSON") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: {bad}: not valid JSON") and result.stderr.count("\n") == 1
     result = run("validate", str(bad), "--images", str(tmp_path), "--json")
     assert result.exit_code == 1
     out = json.loads(result.stdout)

@@ -118,7 +118,7 @@ def test_invalid_weights_give_the_clear_error(files, monkeypatch):
     assert r.exit_code == 1 and "nstray weights pull" in r.output and "s3://" in r.output
     (tmp / "junk.pth").write_bytes(b"junk")
     r = invoke(*base, "--weights", str(tmp / "junk.pth"))
-    assert r.exit_code == 1 and "not a loadable state dict" in r.output
+    assert r.exit_code == 1 and "not a valid checkpoint" in r.output
     assert not (tmp / "o.png").exists()
 
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from nstray.data.coco import validate
 from nstray.pipeline import outputs, run_job
 from nstray.pipeline.lease import LEASE_FILE, LeaseHeld, acquire
 from nstray.pipeline.safety import OutputOverlapsInput
+from test_faults import manifest_rows
 
 PLAN = {
     "styles": {"a": {"kind": "multistyle", "index": 3}, "b": {"kind": "multistyle", "index": 12}},
@@ -52,14 +52,6 @@ def job(annotations, images, output, **over) -> dict:
 def tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def manifest_rows(output: str) -> list[dict]:
-    rows = []
-    for uri in storage.list_files(storage.join(output, outputs.MANIFEST_DIR)):
-        if uri.endswith(".parquet"):
-            rows += pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_wrong_checkpoints_are_clear(tmp_path):
         johnson_from_checkpoint(small)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+    with pytest.raises(ValueError, match="not a valid checkpoint"):
         johnson(junk)
 
 

@@ -105,6 +105,12 @@ def test_a_pickled_checkpoint_that_runs_code_is_refused(tmp_path):
     with pytest.raises(SegmentationError, match="weights-only"):
         read_segmenter(buf.getvalue(), label="evil.pt")
     assert not marker.exists()
+    from nstray.segmentation import load_segmenter  # the edge: registry + weights.load_checkpoint
+
+    (tmp_path / "evil.pt").write_bytes(buf.getvalue())
+    with pytest.raises(SegmentationError, match="not a valid checkpoint"):
+        load_segmenter(str(tmp_path / "evil.pt"))
+    assert not marker.exists()
     with pytest.raises(SegmentationError, match="not an nstray segmenter checkpoint"):
         read_segmenter({"format": "something else"})
     bad = segmenter_checkpoint(build("lraspp_mobilenet_v3_large", 3), "lraspp_mobilenet_v3_large", ["a", "b"], size=32)

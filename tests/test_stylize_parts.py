@@ -257,7 +257,7 @@ def test_style_images_are_read_from_s3(s3_bucket):
     assert _mad(out, img, lab == 2) > 10 and np.array_equal(out[lab != 2], img[lab != 2])
     missing = load_plan({"styles": {"s": {"kind": "arbitrary", "image": s3_bucket + "/styles/nope.png"}},
                          "parts": {"front_door": {"style": "s"}}})
-    with pytest.raises(AssetError, match=r"styles\.s\.image: cannot read style image.*nope.png.*does not exist"):
+    with pytest.raises(AssetError, match=r"styles\.s\.image: cannot read the style image.*nope.png.*does not exist"):
         load_plan_assets(missing)
     with pytest.raises(StylizeError, match="nope.png is not loaded"):
         PartStylizer(missing)

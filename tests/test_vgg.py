@@ -108,7 +108,7 @@ def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="do not fit vgg19"):
         vgg_encoder(layers=["relu2_1"], weights=str(path))
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a loadable state dict"):
+    with pytest.raises(ValueError, match="not a valid checkpoint"):
         vgg_encoder(layers=["relu1_1"], weights=str(path))
 
 

@@ -1,11 +1,20 @@
 """The one ``nstray`` command. Each subcommand group lives in its own module;
-heavy imports (torch, ray) happen inside command bodies so ``nstray --help`` is instant."""
+heavy imports (torch, ray) happen inside command bodies so ``nstray --help`` is instant.
+
+Every nstray user error (a bad config, plan, dataset, image, weights file, an unreachable
+store ...) that a command does not handle itself ends here as one ``Error: <message>`` line
+on stderr and exit code 1; ``nstray --verbose CMD`` shows the traceback instead. Any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
 from nstray import __version__
+from nstray.cli.common import USER_ERRORS, is_user_error
 from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
@@ -14,11 +23,30 @@ from nstray.cli.styling import styles, stylize
 from nstray.cli.train import train_style
 from nstray.cli.weights import weights
 
+__all__ = ["main", "USER_ERRORS", "is_user_error"]
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Main(click.Group):
+    """The top-level group: turns user errors into ``Error: ...`` (exit 1) unless ``--verbose``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if ctx.params.get("verbose") or isinstance(exc, click.exceptions.ClickException) or not is_user_error(exc):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nstray")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="Show Ray's own log lines, and the full traceback of errors (for bug reports).")
+def main(verbose: bool) -> None:
     """nstray: style every annotated vehicle part with its own style, at dataset scale."""
+    if verbose:  # also shows Ray's own log lines (nstray.pipeline.skeleton.verbose)
+        import os
+
+        os.environ["NSTRAY_VERBOSE"] = "1"
 
 
 main.add_command(datasets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -69,9 +70,8 @@ def _run_validate(annotations: str, images: str, max_pixels: int, check_files: b
     except DatasetError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "error": str(exc)}, indent=2))
-        else:
-            click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+            sys.exit(1)
+        raise click.ClickException(str(exc)) from None
 
 
 @datasets.command(name="validate")
@@ -138,13 +138,9 @@ def dataset_stats(records: Sequence[ImageRecord], order: str | Sequence[str] = "
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 def stats(annotations: str, as_json: bool) -> None:
     """Images, parts per category, mask coverage and box-only parts of a COCO dataset (images are not read)."""
-    from nstray.data.coco import DatasetError, load_coco, read_records
+    from nstray.data.coco import load_coco, read_records
 
-    try:
-        coco = load_coco(annotations)
-    except DatasetError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    coco = load_coco(annotations)  # a DatasetError is one `Error:` line (nstray.cli's handler)
     records, errors = read_records(coco, "", check_files=False, source=annotations)
     result = dataset_stats(records)
     result["images_in_file"] = len(coco["images"])
@@ -176,15 +172,21 @@ def index(annotations: str, images: str, out: str, rows_per_shard: int, max_pixe
 
     Bad records are listed on stderr and left out; the index holds every usable image.
     """
+    from nstray import storage
     from nstray.data.shards import write_index
 
+    if not storage.is_s3(out) and Path(storage.parse(out).path).is_file():
+        raise click.BadParameter(f"{out} is a file; the index is a folder of Parquet shards: give a folder or s3:// prefix",
+                                 param_hint="--out")
     report = _run_validate(annotations, images, max_pixels or _default_max_pixels(), not no_check_files, False)
     for entry in report.bad_records():
         click.echo(_problems_line(entry), err=True)
     if not report.records:
-        click.echo(f"error: no usable images in {annotations}; nothing indexed (fix the records listed above)", err=True)
-        sys.exit(1)
-    shards = write_index(report.records, out, rows_per_shard=rows_per_shard)
+        raise click.ClickException(f"no usable images in {annotations}; nothing indexed (fix the records listed above)")
+    try:
+        shards = write_index(report.records, out, rows_per_shard=rows_per_shard)
+    except storage.StorageError as exc:
+        raise click.ClickException(f"cannot write the index to --out {out}: {exc}") from None
     c = report.counts
     click.echo(f"indexed {c['usable_images']} images ({c['parts']} parts, {c['box_only_parts']} box-only) "
                f"into {len(shards)} shards under {out}; {c['bad_records']} bad records left out")

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from nstray.cli.common import is_user_error
+
 if TYPE_CHECKING:
     from nstray.config import JobConfig
     from nstray.pipeline.job import JobSummary
@@ -100,20 +102,18 @@ def format_summary(s: JobSummary) -> str:
 
 def run_config(config: str | dict | JobConfig, *, address: str | None = None, progress: bool = True,
                verify: bool = False) -> JobSummary:
-    """Run a job with progress and the closing summary on stdout; errors become CLI errors."""
-    from nstray.assets import AssetError
-    from nstray.config import ConfigError
-    from nstray.data.coco import DatasetError
+    """Run a job with progress and the closing summary on stdout; user errors (see
+    :data:`nstray.cli.common.USER_ERRORS`) become CLI errors, also for the job entrypoint."""
     from nstray.pipeline.job import run_job
-    from nstray.plan import PlanError
-    from nstray.storage import StorageError
 
     cfg = config if not isinstance(config, (str, dict)) else _load(config)
     bar = _Progress(progress)
     try:
         summary = run_job(cfg, address=address, on_progress=bar, notify=lambda m: click.echo(m, err=True),
                           verify=verify)
-    except (AssetError, ConfigError, DatasetError, PlanError, StorageError) as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
@@ -180,14 +180,13 @@ def submit(config: str, address: str, no_wait: bool, python_exe: str, env: tuple
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from nstray.config import ConfigError
     from nstray.pipeline.safety import check_output, job_inputs
+    from nstray.preflight import check_plan_assets
 
-    cfg = _load(config)  # fail here, not on the cluster
-    try:
-        check_output(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = _load(config)  # fail here, not on the cluster (a ConfigError / PlanError is one `Error:` line)
+    check_output(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan))
+    # local style images and checkpoints must load; s3:// ones are the cluster's to read (its own credentials)
+    check_plan_assets(cfg.load_plan(), max_pixels=cfg.limits.max_pixels, skip_s3=True)
     args, py_modules = _ship_config(config, cfg)
     env_vars = {}
     for item in env:

@@ -19,12 +19,13 @@ Then, unless ``--no-composite``, the result is blended into the original like th
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from pathlib import Path
 
 import click
+
+from nstray.cli.common import DEVICE_HELP, check_device, image_output, png_output, read_image, refuse_overwrite
 
 
 def _layers(text: str) -> dict[str, float]:
@@ -60,15 +61,11 @@ def _auto_levels(height: int, width: int) -> int:
     return 1 if side <= 512 else 1 + math.ceil(math.log2(side / 512))
 
 
-def _read_image(uri: str, what: str):
-    """``uint8[H, W, 3]`` from a path or ``s3://`` URI; errors become one clear CLI message."""
-    from nstray import storage
-    from nstray.data.images import ImageDecodeError, decode_image
+def _deepest(arch: str, layers: list[str]) -> str:
+    from nstray.models.vgg import layer_names
 
-    try:
-        return decode_image(storage.read_bytes(uri), name=uri)
-    except (storage.StorageError, ImageDecodeError) as exc:
-        raise click.ClickException(f"{what}: {exc}") from None
+    names = layer_names(arch)
+    return max(layers, key=names.index)
 
 
 def _tensor(image):
@@ -77,16 +74,7 @@ def _tensor(image):
     return torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
-def _encode_image(arr, out: str) -> bytes:
-    from PIL import Image
-
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}.get(Path(out).suffix.lower(), "PNG")
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
-def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
+def _part_regions(plan, record, label_map, fallback, variant: int, seed: int, max_pixels: int | None = None):
     """Regions of one image from the plan: (region label map, style per region, per-part info).
 
     Returns ``regions[H, W]`` (−1 = no style, else region index), the styles per region (blends of
@@ -108,7 +96,7 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
     def image(uri: str) -> np.ndarray:
         if uri not in images:
             try:
-                images[uri] = load_style_image(uri)
+                images[uri] = load_style_image(uri, **({"max_pixels": max_pixels} if max_pixels else {}))
             except AssetError as exc:
                 raise click.ClickException(str(exc)) from None
         return images[uri]
@@ -150,12 +138,15 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
 @click.option("--plan", "plan_uri", default=None, help="Style plan YAML: a style per part (kind: arbitrary styles give the images; others take --style).")
 @click.option("--variant", type=int, default=0, show_default=True, help="Variant for plan parts with a list of styles.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for plan sampling and noise init.")
-@click.option("--out", required=True, help="Output image (.png/.jpg; path or s3://).")
+@click.option("--out", required=True, callback=image_output, help="Output image (.png, .jpg, .webp or .tif, encoded as named; path or s3://).")
 @click.option("--optimizer", type=click.Choice(["lbfgs", "adam"]), default="lbfgs", show_default=True)
 @click.option("--init", type=click.Choice(["content", "style", "noise"]), default=None, help="Start image [default: content; noise with --reconstruct].")
 @click.option("--reconstruct", type=click.Choice(["content", "style"]), default=None, help="Rebuild an image from one representation only.")
 @click.option("--steps", default="300", show_default=True, help="Iterations (forward+backward passes) per level, or one count per level coarse→fine (200,100).")
-@click.option("--max-size", type=int, default=512, show_default=True, help="Cap on the long side (pixels) of the result.")
+@click.option("--max-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Cap on the long side (pixels) of the result; the short side must stay large enough for the VGG layers (16 px up to relu5_1).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Pixel limit for CONTENT and the style images (width x height), checked before decoding  [default: 50,000,000].")
 @click.option("--levels", type=int, default=None, help="Coarse-to-fine levels [default: 1 up to 512 px, +1 per doubling].")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: 1.0 L-BFGS, 0.02 Adam].")
 @click.option("--content-weight", type=float, default=1.0, show_default=True)
@@ -166,16 +157,16 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int):
 @click.option("--arch", type=click.Choice(["vgg19", "vgg16"]), default="vgg19", show_default=True)
 @click.option("--pool", type=click.Choice(["max", "avg"]), default="max", show_default=True, help="avg: Gatys' smoother pooling.")
 @click.option("--weights", "weights_ref", default=None, help="VGG weights: registry name, state-dict file or s3:// URI [default: the arch's torchvision weights]; 'none' = random init (smoke tests only).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N [default: cuda if available].")
+@click.option("--device", default=None, callback=check_device, help=DEVICE_HELP + " [default: cuda if available].")
 @click.option("--save-every", type=int, default=None, help="Keep an animation frame every K steps [default: ~30 frames].")
 @click.option("--animation", default=None, help="Progress animation (.gif or .mp4).")
 @click.option("--fps", type=float, default=10.0, show_default=True)
-@click.option("--loss-plot", default=None, help="Loss curves (.png).")
+@click.option("--loss-plot", default=None, callback=png_output, help="Loss curves (.png).")
 @click.option("--no-composite", is_flag=True, help="With --plan: keep the raw optimization instead of blending into the original.")
 def optimize(
     content: str, style_uri: str | None, coco_uri: str | None, image_id: int | None, plan_uri: str | None,
     variant: int, seed: int, out: str, optimizer: str, init: str | None, reconstruct: str | None, steps: str,
-    max_size: int, levels: int | None, lr: float | None, content_weight: float, style_weight: float,
+    max_size: int, max_pixels: int | None, levels: int | None, lr: float | None, content_weight: float, style_weight: float,
     tv_weight: float, content_layers: str, style_layers: str, arch: str, pool: str, weights_ref: str | None,
     device: str | None, save_every: int | None, animation: str | None, fps: float, loss_plot: str | None,
     no_composite: bool,
@@ -194,7 +185,8 @@ def optimize(
 
     from nstray import storage
     from nstray import weights as registry
-    from nstray.models.vgg import DEFAULT_WEIGHTS, vgg_encoder
+    from nstray.data.images import encode_as
+    from nstray.models.vgg import DEFAULT_WEIGHTS, min_input_side, vgg_encoder
     from nstray.plots import render_loss_plot
     from nstray.stylize.optimize import FrameRecorder, encode_animation, level_sizes
     from nstray.stylize.optimize import optimize as run_optimize
@@ -211,6 +203,8 @@ def optimize(
         raise click.UsageError("--save-every must be >= 1")
     step_spec = _steps(steps)
     c_layers, s_layers = _layers(content_layers), _layers(style_layers)
+    refuse_overwrite({"--out": out, "--animation": animation, "--loss-plot": loss_plot},
+                     {"CONTENT": content, "--style": style_uri, "--coco": coco_uri, "--plan": plan_uri})
 
     # the encoder first: a bad --weights fails before any image is read
     if weights_ref is not None and weights_ref.lower() == "none":
@@ -220,12 +214,12 @@ def optimize(
         weights_arg = weights_ref or DEFAULT_WEIGHTS
     try:
         encoder = vgg_encoder(arch, [*c_layers, *s_layers], weights_arg, pool=pool)
-    except (registry.WeightsNotFound, registry.WeightsChecksumError, ValueError) as exc:
+    except (registry.WeightsNotFound, registry.WeightsChecksumError, ValueError) as exc:  # WeightsLoadError too
         raise click.ClickException(str(exc)) from None
 
-    image = _read_image(content, "content image")
+    image = read_image(content, "content image", max_pixels)
     h, w = image.shape[:2]
-    style_img = _read_image(style_uri, "style image") if style_uri else None
+    style_img = read_image(style_uri, "style image", max_pixels) if style_uri else None
 
     regions = None
     info = None
@@ -257,7 +251,7 @@ def optimize(
             label = masks_mod.label_map(record.parts, h, w, plan.overlaps)
         except masks_mod.MaskError as exc:
             raise click.ClickException(f"image {image_id}: {exc}") from None
-        regions, region_styles, info = _part_regions(plan, record, label, style_img, variant, seed)
+        regions, region_styles, info = _part_regions(plan, record, label, style_img, variant, seed, max_pixels)
         feather = plan.edges.feather_px
         if not region_styles and reconstruct != "content":
             raise click.ClickException(f"the plan styles no part of image {image_id}: nothing to optimize")
@@ -265,6 +259,13 @@ def optimize(
     # processed size: the long side capped at --max-size; images and label maps resized here
     scale = min(1.0, max_size / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    need = min_input_side(arch, [*c_layers, *s_layers])
+    if min(size) < need:
+        at = f" (at --max-size {max_size})" if size != (h, w) else ""
+        raise click.ClickException(
+            f"content image {content} is {size[1]}x{size[0]} px{at}; VGG layers up to {_deepest(arch, [*c_layers, *s_layers])} "
+            f"need at least {need} px on each side: use a larger image" + (", raise --max-size" if at else "")
+            + " or shallower --content-layers/--style-layers")
     content_t = _tensor(image)
     if size != (h, w):
         content_t = F.interpolate(content_t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
@@ -325,7 +326,7 @@ def optimize(
                           layer_of=[0] * len(info), feather_px=feather)
 
     try:
-        storage.write_bytes(out, _encode_image(to_uint8(final), out))
+        storage.write_bytes(out, encode_as(to_uint8(final), out))
         written = [out]
         if animation:
             storage.write_bytes(animation, encode_animation(recorder.frames, Path(animation).suffix, fps=fps))

@@ -17,26 +17,26 @@ import io
 
 import click
 
+from nstray.cli.common import DEVICE_HELP, check_device, image_output, read_image, refuse_overwrite
 
-def _read_image(uri: str, what: str):
+MIN_SIDE = 8
+"""The smallest image side the style networks are run on (their strided layers need at least 5 px)."""
+
+_MAX_PIXELS_HELP = "Pixel limit for IMAGE and the plan's style images (width x height), checked before decoding."
+
+
+def _read_image(uri: str, what: str, max_pixels: int | None = None):
+    """``uint8[H, W, 3]`` of an input image, at least :data:`MIN_SIDE` px on each side; errors name ``what``."""
+    return read_image(uri, what, max_pixels, min_side=MIN_SIDE)
+
+
+def _write_image(uri: str, array) -> None:
+    """Write ``array`` encoded as its name's extension says (PNG, JPEG, WebP, TIFF)."""
     from nstray import storage
-    from nstray.data.images import ImageDecodeError, decode_image
+    from nstray.data.images import encode_as
 
     try:
-        return decode_image(storage.read_bytes(uri), name=uri)
-    except (storage.StorageError, ImageDecodeError) as exc:
-        raise click.ClickException(f"{what}: {exc}") from None
-
-
-def _write_png(uri: str, array) -> None:
-    from PIL import Image
-
-    from nstray import storage
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    try:
-        storage.write_bytes(uri, buf.getvalue())
+        storage.write_bytes(uri, encode_as(array, uri))
     except storage.StorageError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -120,7 +120,7 @@ def _downscale(image, labels, max_side: int | None):
     if not max_side or max(h, w) <= max_side:
         return image, labels
     s = max_side / max(h, w)
-    size = (max(8, round(w * s)), max(8, round(h * s)))
+    size = (max(MIN_SIDE, round(w * s)), max(MIN_SIDE, round(h * s)))
     small = np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
     lab = np.asarray(Image.fromarray(labels.astype(np.int32), mode="I").resize(size, Image.NEAREST)).astype(np.int32)
     return small, lab
@@ -184,21 +184,26 @@ def _preview(original, labels, categories, styles, result, plan):
 
 @click.command()
 @click.argument("image")
-@click.option("--out", "out", required=True, help="Where to write the styled PNG (local path or s3:// URI).")
+@click.option("--out", "out", required=True, callback=image_output,
+              help="Where to write the styled image (local path or s3:// URI); .png, .jpg, .webp or .tif: encoded as named.")
 @click.option("--plan", "plan_path", required=True, help="The style plan YAML (see nstray.plan).")
 @click.option("--coco", "coco_uri", default=None, help="COCO annotations JSON holding the image's parts.")
 @click.option("--image-id", type=int, default=None, help="The image's id in --coco.")
 @click.option("--masks", "masks_uri", default=None, help="A label PNG: pixel value = category id, 0 = background.")
 @click.option("--categories", default=None,
               help="For --masks without --coco: comma-separated names, value 1 = the first (default: the plan's parts).")
-@click.option("--preview", "preview_uri", default=None, help="Also write original | parts | result side by side.")
+@click.option("--preview", "preview_uri", default=None, callback=image_output,
+              help="Also write original | parts | result side by side (encoded as its extension says).")
 @click.option("--variant", type=int, default=0, show_default=True, help="Which variant (style lists are sampled per variant).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the style sampling.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (falls back to cpu with a warning).")
-@click.option("--max-side", type=int, default=None, help="Shrink the image so its longer side is at most this (faster).")
+@click.option("--device", default="cpu", show_default=True, callback=check_device,
+              help=f"{DEVICE_HELP} (cuda falls back to cpu with a warning).")
+@click.option("--max-side", type=click.IntRange(min=MIN_SIDE), default=None,
+              help=f"Shrink the image so its longer side is at most this (faster; at least {MIN_SIDE}) [default: full size].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help=_MAX_PIXELS_HELP + "  [default: 50,000,000]")
 def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id: int | None, masks_uri: str | None,
             categories: str | None, preview_uri: str | None, variant: int, seed: int, device: str,
-            max_side: int | None) -> None:
+            max_side: int | None, max_pixels: int | None) -> None:
     """Style one IMAGE, each annotated part with its own style (see the style plan).
 
     Parts come from --coco with --image-id, or from a --masks label PNG.
@@ -214,8 +219,10 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
 
     from nstray.plan import BACKGROUND
 
+    refuse_overwrite({"--out": out, "--preview": preview_uri},
+                     {"IMAGE": image, "--plan": plan_path, "--coco": coco_uri, "--masks": masks_uri})
     console = Console(stderr=True)
-    original = _read_image(image, "IMAGE")
+    original = _read_image(image, "IMAGE", max_pixels)
     h, w = original.shape[:2]
     coco = None
     if coco_uri is not None:
@@ -243,17 +250,21 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
     original, labels = _downscale(original, labels, max_side)
 
     from nstray.assets import AssetError, load_plan_assets
+    from nstray.data.images import DEFAULT_MAX_PIXELS
+    from nstray.preflight import check_plan_assets
     from nstray.stylize.parts import PartStylizer, StylizeError
 
+    check_plan_assets(plan, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, limit_hint="--max-pixels")
     try:
-        stylizer = PartStylizer(plan, device=device, assets=load_plan_assets(plan))
+        stylizer = PartStylizer(plan, device=device,
+                                assets=load_plan_assets(plan, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
         result = stylizer(original, labels, part_categories, variant=variant, seed=seed,
                           key=image_id if image_id is not None else "")
     except (StylizeError, AssetError) as exc:
         raise click.ClickException(str(exc)) from None
-    _write_png(out, result.image)
+    _write_image(out, result.image)
     if preview_uri:
-        _write_png(preview_uri, _preview(original, labels, part_categories, result.styles, result.image, plan))
+        _write_image(preview_uri, _preview(original, labels, part_categories, result.styles, result.image, plan))
     from rich.table import Table
 
     table = Table("category", "style", title=f"{len(part_categories)} parts")
@@ -329,14 +340,22 @@ def contact_sheet(image, size: int = 256, columns: int = 7, device: str = "cpu",
 
 @styles.command("sheet")
 @click.argument("image")
-@click.option("--out", "out", required=True, help="Where to write the contact sheet PNG.")
+@click.option("--out", "out", required=True, callback=image_output,
+              help="Where to write the contact sheet (.png, .jpg, .webp or .tif: encoded as named).")
 @click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Tile size (longer side, px).")
 @click.option("--columns", type=click.IntRange(1, 27), default=7, show_default=True, help="Tiles per row.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-def sheet(image: str, out: str, size: int, columns: int, device: str) -> None:
+@click.option("--device", default="cpu", show_default=True, callback=check_device, help=DEVICE_HELP + ".")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Pixel limit for IMAGE (width x height), checked before decoding  [default: 50,000,000].")
+def sheet(image: str, out: str, size: int, columns: int, device: str, max_pixels: int | None) -> None:
     """A contact sheet: IMAGE in all builtin styles, each tile labelled with its index and name."""
-    arr = _read_image(image, "IMAGE")
-    _write_png(out, contact_sheet(arr, size=size, columns=columns, device=device))
+    refuse_overwrite({"--out": out}, {"IMAGE": image})
+    arr = _read_image(image, "IMAGE", max_pixels)
+    h, w = arr.shape[:2]
+    if min(h, w) * size < MIN_SIDE * max(h, w):
+        raise click.ClickException(f"IMAGE {image} is {w}x{h}: its tiles ({size} px on the longer side, --size) would be "
+                                   f"under {MIN_SIDE} px on the shorter side; crop it or raise --size")
+    _write_image(out, contact_sheet(arr, size=size, columns=columns, device=device))
     click.echo(f"wrote {out}")
 
 

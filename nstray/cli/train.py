@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from nstray.models.builtin_styles import NUM_STYLES
+
 _LAYERS_HELP = "Comma-separated VGG layers, each optionally weighted: 'relu1_2,relu2_2' or 'relu1_2=1,relu3_3=0.5'."
 
 
@@ -52,7 +54,7 @@ def _parse_layers(text: str | None, option: str) -> dict[str, float] | None:
 @click.option("--content-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--style-weight", type=click.FloatRange(min=0), default=1e5, show_default=True)
 @click.option("--tv-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--init-style", type=click.IntRange(min=0), default=None, help="cin: start the new style from this builtin style [default: the mean of all].")
+@click.option("--init-style", type=click.IntRange(0, NUM_STYLES - 1), default=None, help="cin: start the new style from this builtin style [default: the mean of all].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--loader-workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image-reading processes per worker.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True, help="Worker failures to recover from (restart from the last checkpoint).")
@@ -71,7 +73,6 @@ def train_style(style_image: str, data: str, images: str | None, out: str, name:
     """
     from nstray.train.data import TrainDataError
     from nstray.train.ray_trainer import TrainConfig, TrainConfigError, TrainingError, train_style as run
-    from nstray.weights import WeightsNotFound
 
     if vgg_weights is not None and vgg_weights.lower() == "none":
         click.echo("warning: --vgg-weights none: random VGG weights, the result is not a real style", err=True)
@@ -91,13 +92,6 @@ def train_style(style_image: str, data: str, images: str | None, out: str, name:
     for key, value in layers.items():
         if value is not None:
             setattr(config, key, value)
-    if weights_ref is not None:  # fail before Ray starts when the loss network's weights are not here
-        from nstray.weights import resolve
-
-        try:
-            resolve(weights_ref)
-        except WeightsNotFound as exc:
-            raise click.ClickException(str(exc)) from None
     try:
         summary = run(config, address=address, notify=lambda m: click.echo(m, err=True))
     except (TrainConfigError, TrainingError, TrainDataError) as exc:

@@ -127,7 +127,8 @@ def pull(name: str, expected: str | None) -> None:
     except (registry.WeightsNotFound, registry.WeightsChecksumError, storage.StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # network errors from torch.hub downloads
-        raise click.ClickException(f"cannot download {name}: {exc}") from None
+        raise click.ClickException(f"cannot download {name}: {exc}; without internet here, pull it on a machine that "
+                                   "has it, then `nstray weights push` it to S3 and use the s3:// URI") from None
     click.echo(f"{name}: {path}")
     click.echo(f"  size   {path.stat().st_size:,} bytes")
     click.echo(f"  sha256 {sha} (verified)" if expected or _is_torchvision(ref) or name in registry.REGISTRY else f"  sha256 {sha}")

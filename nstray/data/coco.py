@@ -230,6 +230,15 @@ def check_structure(coco: Any, source: str = "<annotations>") -> dict[int, str]:
             raise _fail(source, f"category id {cat['id']} is defined twice ({cats[cat['id']]!r} and {cat['name']!r})",
                         "give every category a unique id")
         cats[cat["id"]] = cat["name"]
+    ids_of: dict[str, list[int]] = {}
+    for cid, name in cats.items():
+        ids_of.setdefault(name, []).append(cid)
+    twice = {name: ids for name, ids in ids_of.items() if len(ids) > 1}
+    if twice:  # the plan styles parts by name: two ids of one name would be merged silently
+        shown = "; ".join(f"{name!r} (ids {', '.join(map(str, ids))})" for name, ids in list(twice.items())[:5])
+        raise _fail(source, f"{len(twice)} category name(s) defined more than once: {shown}",
+                    "rename or merge the categories (give every category a unique name, and point the "
+                    "annotations of merged ones at one id)")
     return cats
 
 

@@ -32,6 +32,9 @@ __all__ = [
     "probe_image",
     "image_size",
     "decode_image",
+    "IMAGE_FORMATS",
+    "output_format",
+    "encode_as",
 ]
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -120,7 +123,7 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
         raise ImageDecodeError(
             name,
             f"the image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}",
-            "downscale the image, or raise the limit (--max-pixels) if it is genuine",
+            "downscale the image, or raise the pixel limit if it is genuine (--max-pixels; limits.max_pixels in a job config)",
         )
 
 
@@ -186,3 +189,35 @@ def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
                 "re-export or re-download the image (the file is incomplete)",
             ) from None
         return _to_rgb(im, name)
+
+
+IMAGE_FORMATS: dict[str, str] = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+}
+"""File extension → the format written under it (an output's bytes always match its name)."""
+
+
+def output_format(name: str) -> str:
+    """The Pillow format an output named ``name`` is written in, from its extension.
+
+    Raises ``ValueError`` naming the file and the valid extensions when the extension is unknown
+    (never writes PNG bytes under a ``.jpg`` or ``.xyz`` name).
+    """
+    dot = name.rsplit("/", 1)[-1].rfind(".")
+    ext = name.rsplit("/", 1)[-1][dot:].lower() if dot > 0 else ""
+    fmt = IMAGE_FORMATS.get(ext)
+    if fmt is None:
+        valid = ", ".join(IMAGE_FORMATS)
+        got = f"extension {ext!r}" if ext else "no extension"
+        raise ValueError(f"{name}: {got}; an image output must end in one of {valid} (it is encoded by its extension)")
+    return fmt
+
+
+def encode_as(image: np.ndarray, name: str, quality: int = 95) -> bytes:
+    """``uint8[H, W, 3]`` → the bytes of the format ``name``'s extension says (see :func:`output_format`)."""
+    from PIL import Image
+
+    fmt = output_format(name)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format=fmt, **({"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()

@@ -145,11 +145,8 @@ def johnson(weights: str | Path | None = None, *, channels: int = 32, res_blocks
     """
     if weights is None:
         return JohnsonNet(channels, res_blocks)
-    from nstray.weights import resolve
+    from nstray.weights import load_checkpoint, resolve
 
     path = resolve(str(weights))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise ValueError(f"Johnson weights {weights}: not a loadable checkpoint: {exc}") from None
+    ckpt = load_checkpoint(path, f"Johnson weights {weights}")  # WeightsLoadError (a ValueError) says what is wrong
     return johnson_from_checkpoint(ckpt, str(weights))

@@ -28,6 +28,7 @@ __all__ = [
     "IMAGENET_STD",
     "VGGEncoder",
     "layer_names",
+    "min_input_side",
     "vgg_encoder",
     "vgg16_encoder",
     "vgg19_encoder",
@@ -59,6 +60,14 @@ def layer_names(arch: str = "vgg19") -> list[str]:
             conv += 1
             names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
     return names
+
+
+def min_input_side(arch: str, layers: Iterable[str]) -> int:
+    """The smallest image side the ``layers`` of ``arch`` can take: each 2x2 pooling before the deepest
+    layer halves the side, and a pooling needs at least 2 pixels (``2 ** pools``)."""
+    names = layer_names(arch)
+    deepest = max(names.index(n) for n in layers)
+    return 2 ** sum(1 for n in names[:deepest] if n.startswith("pool"))
 
 
 def _make_features(arch: str, depth: int, pool: str) -> nn.Sequential:
@@ -112,17 +121,6 @@ class VGGEncoder(nn.Module):
         return out
 
 
-def _load_state(path) -> object:
-    """``torch.load(weights_only=True)``, memory-mapped when the file allows it (the classifier of a full
-    torchvision VGG file, ~500 MB, is then never read), else read whole (legacy-format files)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zip" not in str(exc):
-            raise
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _features_state_dict(state: Mapping[str, Tensor], depth: int, label: str) -> dict[str, Tensor]:
     """Pick ``features.N.*`` (full torchvision model) or bare ``N.*`` (a features module) keys below ``depth``."""
     if not isinstance(state, Mapping):
@@ -172,15 +170,14 @@ def vgg_encoder(
     else:
         path = weights_registry.resolve(weights, sha256=sha256)  # WeightsNotFound says how to stage them
         label = weights if str(path) == weights else f"{weights} ({path})"
-        try:
-            state = _load_state(path)
-        except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-            raise ValueError(f"VGG weights {label}: not a loadable state dict: {exc}") from None
+        # memory-mapped: the classifier of a full torchvision VGG file (~500 MB) is then never read
+        state = weights_registry.load_checkpoint(path, f"VGG weights {label}", mmap=True)
         picked = _features_state_dict(state, depth, label)
         try:
             missing, unexpected = features.load_state_dict(picked, strict=False)
         except RuntimeError as exc:  # size mismatch: another architecture's weights
-            raise ValueError(f"VGG weights {label} do not fit {arch}: {exc}") from None
+            first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+            raise ValueError(f"VGG weights {label} do not fit {arch} ({first.rstrip('.')})") from None
         if missing:
             raise ValueError(
                 f"VGG weights {label} lack {len(missing)} tensor(s) {arch} needs up to "

@@ -28,6 +28,7 @@ from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
 from nstray.pipeline.safety import job_inputs
 from nstray.pipeline.skeleton import Placement, ProgressFn, connect, flush_seconds, guarded, place, stage_env, stream
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
+from nstray.preflight import check_plan_assets
 
 __all__ = ["Placement", "place", "stage_env", "Work", "plan_work", "ensure_index", "JobSummary", "run_job",
            "INDEX_DIR"]
@@ -238,7 +239,6 @@ def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
 def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress: ProgressFn | None,
                 notify: Callable[[str], None] | None, ray_progress_bars: bool, verify: bool) -> JobSummary:
     """:func:`run_job` once the output's lease is held."""
-    from nstray.assets import load_plan_assets
     from nstray.data.coco import load_coco, read_records
 
     say = notify or log.info
@@ -249,7 +249,7 @@ def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress
     coco = load_coco(cfg.input.annotations)
     categories = sorted({c["name"] for c in coco.get("categories", [])})
     plan = cfg.load_plan(categories=categories)  # part names must be the dataset's categories
-    load_plan_assets(plan, max_pixels=cfg.limits.max_pixels)  # style images and weights load: fail before Ray
+    check_plan_assets(plan, max_pixels=cfg.limits.max_pixels)  # style images and weights load, before Ray starts
     records, record_errors = read_records(coco, cfg.input.images, check_files=False,
                                           max_pixels=cfg.limits.max_pixels, source=cfg.input.annotations)
     by_id = {r.image_id: r for r in records}

@@ -49,10 +49,12 @@ class Placement:
     notes: tuple[str, ...] = ()
 
 
-def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) -> Placement:
+def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float, *, local: bool = False) -> Placement:
     """Fit the configured actor pool to the cluster's CPUs/GPUs so the job runs instead of waiting forever.
 
-    - ``gpus_per_actor > 0`` but no GPU in the cluster: CPU actors (when ``cpu_fallback``).
+    - ``gpus_per_actor > 0`` but no GPU in the cluster: CPU actors (when ``cpu_fallback``); without
+      ``cpu_fallback``, on a ``local`` cluster (started by this process, so no GPU node will ever join)
+      a :class:`~nstray.config.ConfigError` instead of a wait that never ends.
     - fewer GPUs than the pool needs: the pool starts with what fits and may grow to ``actors``.
     - one CPU stays free for reading the index (and the CPU stages when not fused); actors share the
       rest (logical CPUs shrink, down to 0.25 each, then the pool shrinks).
@@ -63,6 +65,14 @@ def place(resources: ResourcesConfig, cluster_cpus: float, cluster_gpus: float) 
         notes.append("the cluster has no GPU: the stylizer actors run on CPU "
                      "(set resources.cpu_fallback: false to wait for GPU nodes instead)")
         gpus = 0.0
+    if gpus > 0 and cluster_gpus <= 0 and local:
+        from nstray.config import ConfigError
+
+        raise ConfigError(
+            f"resources.gpus_per_actor is {gpus:g} and resources.cpu_fallback is false, but the local Ray cluster "
+            "nstray started has no GPU: the job would wait forever for one. Fix: set resources.cpu_fallback: true "
+            "(run on CPU) or gpus_per_actor: 0, or run on a cluster with GPUs (--address / RAY_ADDRESS)"
+        )
     fused = resources.fused(gpus)
     actors = resources.actors
     if actors == "auto":
@@ -129,6 +139,32 @@ def stage_env(placement: Placement) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def _stderr_silenced(on: bool) -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C++ writes there directly); Python exceptions still propagate."""
+    if not on:
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def verbose() -> bool:
+    """Whether Ray's own log lines are shown (``nstray --verbose`` sets ``NSTRAY_VERBOSE=1``); else only
+    errors: a user sees nstray's progress and summary, not Ray's INFO/WARNING lines."""
+    return os.environ.get("NSTRAY_VERBOSE", "") not in ("", "0")
+
+
+@contextlib.contextmanager
 def guarded(output: str, inputs: Mapping[str, str], run_id: str) -> Iterator[Lease]:
     """Refuse an output that overlaps an input, then hold the output's lease for the ``with`` block."""
     check_output(output, inputs)
@@ -140,10 +176,20 @@ def connect(address: str | None, resources: ResourcesConfig) -> tuple[Placement,
     """Connect to Ray (once per process) and fit the actor pool to the cluster: ``(placement, cpus, gpus)``."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address)
+    local = not ray.is_initialized()
+    if local:
+        quiet = not verbose()
+        if quiet:  # the driver's own C++ core worker logs to stderr (e.g. notes on actor restarts)
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        with _stderr_silenced(quiet):  # ... and says so at start-up, in C++, before any Python logger applies
+            ray.init(address=address, logging_level=logging.ERROR if quiet else logging.INFO, log_to_driver=not quiet)
+        local = bool(getattr(ray._private.worker._global_node, "head", False))  # started a cluster, not joined one
+    if not verbose():
+        import ray.data  # noqa: F401 - configures its own loggers on import; quiet them after
+
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     cpus, gpus = _cluster_resources()
-    return place(resources, cpus, gpus), cpus, gpus
+    return place(resources, cpus, gpus, local=local), cpus, gpus
 
 
 @dataclass

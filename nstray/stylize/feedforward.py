@@ -23,7 +23,6 @@ cache, which is keyed by URI: a run that goes on training rewrites the same URI)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -97,7 +97,10 @@ class _Work:
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """``cuda`` (or ``cuda:N``) when asked for and available; otherwise the CPU, with a warning if CUDA was asked for."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise StylizeError(f"unsupported device {str(device)!r}; valid: cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         warnings.warn(f"device {str(device)!r} requested but CUDA is not available; running on the CPU", RuntimeWarning,
                       stacklevel=3)
@@ -141,6 +144,8 @@ class PartStylizer:
     ``max_batch_pixels``: pixels per forward pass (batch × H × W), bounding memory.
     ``edge_band_px``: how far a part's style extends past its edge in the multi-style pass (None:
     everywhere); see :meth:`_style_maps`.
+    ``assets``: the plan's style images and feed-forward checkpoints, already read
+    (:func:`nstray.assets.load_plan_assets`); a plan that needs one that is missing is refused.
     """
 
     def __init__(

@@ -84,10 +84,12 @@ def latest_checkpoint(run_uri: str, state_file: str = "state.pt") -> tuple[int, 
 
 def load_state(data: bytes | str | Path, label: str, fmt: str) -> dict[str, Any]:
     """A training state saved by :func:`report_checkpoint`, loaded weights-only and checked to be ``fmt``."""
+    from nstray.weights import WeightsLoadError, load_checkpoint
+
     try:
-        state = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot load the training state {label}: {type(exc).__name__}: {exc}") from None
+        state = load_checkpoint(io.BytesIO(data) if isinstance(data, bytes) else data, f"the training state {label}")
+    except WeightsLoadError as exc:
+        raise TrainingError(str(exc)) from None
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise TrainingError(f"{label} is not an nstray training state ({fmt})")
     return state

@@ -245,6 +245,32 @@ def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     return NewStyleCIN(base, init=cfg.cin_init_style), info
 
 
+def _check_models(cfg: TrainConfig) -> None:
+    """Build on the driver what every worker builds first (the VGG loss network with its weights; for ``cin``
+    the base network and the initial style), so a file or setting that does not fit fails here, with one
+    message, instead of inside each Ray Train worker."""
+    from nstray import weights
+    from nstray.models.vgg import vgg_encoder
+
+    layers = list(dict.fromkeys([*cfg.content_layers, *cfg.style_layers]))
+    try:
+        vgg_encoder(cfg.vgg_arch, layers, cfg.vgg_weights)
+    except (weights.WeightsNotFound, weights.WeightsChecksumError, ValueError) as exc:
+        raise TrainConfigError(f"the loss network (vgg_arch {cfg.vgg_arch}, vgg_weights {cfg.vgg_weights}): {exc}"
+                               + ("; fix: pass the --vgg-arch the weights are for (vgg16 or vgg19)"
+                                  if "fit" in str(exc) or "lack" in str(exc) else "")) from None
+    if cfg.mode == "cin":
+        from nstray.models.multistyle import multistyle26
+
+        try:
+            n = multistyle26(weights.resolve(cfg.cin_base)).num_styles
+        except (weights.WeightsNotFound, weights.WeightsChecksumError) as exc:
+            raise TrainConfigError(f"cin_base: {exc}") from None
+        if cfg.cin_init_style is not None and not 0 <= cfg.cin_init_style < n:
+            raise TrainConfigError(f"cin_init_style (--init-style): {cfg.cin_init_style} is out of range; "
+                                   f"the base network {cfg.cin_base} has styles 0 to {n - 1}")
+
+
 def _deployable(cfg: TrainConfig, model: torch.nn.Module, base: dict[str, Any], step: int, last: dict) -> dict:
     """The checkpoint a plan loads (``kind: feedforward``)."""
     from nstray.stylize.feedforward import cin_checkpoint, johnson_checkpoint
@@ -379,6 +405,7 @@ def train_style(
     cfg = _absolute_paths(config.validate())
     uris = list_content_images(cfg.data, cfg.images)
     _read_style_image(cfg)  # a bad style image fails here, before any worker starts
+    _check_models(cfg)  # so do loss-network weights that do not fit --vgg-arch, and an --init-style out of range
     run = cfg.run_uri
     previous = latest_checkpoint(run)
     summary = TrainSummary(

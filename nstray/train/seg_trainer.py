@@ -207,7 +207,7 @@ def seg_train_loop(loop_config: dict) -> None:
         from nstray import weights
 
         path = weights.resolve(cfg.backbone_ref)  # on this node: an s3:// file is cached per node
-        n = load_backbone_state(model, cfg.arch, torch.load(path, map_location="cpu", weights_only=True))
+        n = load_backbone_state(model, cfg.arch, weights.load_checkpoint(path, f"backbone weights {cfg.backbone_ref}"))
         print(f"backbone: {n} tensors from {path}", flush=True)
 
     if world > 1 and device.type == "cuda":  # torchvision's reference: synchronized batch norm when distributed
