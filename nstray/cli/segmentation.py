@@ -13,16 +13,18 @@ import os
 
 import click
 
+from nstray.cli.common import DEVICE_HELP, check_device
+
 _ARCHS = ["deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
 
 
-def _device(name: str) -> str:
+def _device(name: str | None) -> str:
     import torch
 
-    if name == "auto":
+    if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda: no CUDA device here; use --device cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise click.ClickException(f"--device {name}: no CUDA device here; use --device cpu")
     return name
 
 
@@ -105,10 +107,10 @@ def train_seg(data: str, images: str, out: str, val: str | None, val_images: str
 @click.option("--classes", "classes_map", default=None,
               help="Class map YAML from dataset categories to the model's classes [default: the one it was trained with].")
 @click.option("--size", type=click.IntRange(min=16), default=None, help="Working size (shorter side) [default: the model's].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default=None, callback=check_device, help=DEVICE_HELP + " [default: cuda if available].")
 @click.option("--confusion", "confusion_png", default=None, help="Write the confusion matrix as a PNG here (local or s3://).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: miou, pixel_accuracy, per_class, confusion.")
-def eval_seg(model: str, data: str, images: str, classes_map: str | None, size: int | None, device: str,
+def eval_seg(model: str, data: str, images: str, classes_map: str | None, size: int | None, device: str | None,
              confusion_png: str | None, as_json: bool) -> None:
     """Per-class IoU, mIoU and pixel accuracy of MODEL on a COCO dataset (each image at full size)."""
     from nstray import storage
@@ -156,8 +158,8 @@ def eval_seg(model: str, data: str, images: str, classes_map: str | None, size: 
 @click.option("--model", required=True, help="Pretrained name or train-seg checkpoint (local or s3://).")
 @click.option("--out", required=True, help="Predictions COCO .json to write (local or s3://).")
 @click.option("--size", type=click.IntRange(min=16), default=None, help="Working size (shorter side) [default: the model's].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def segment(images: str, model: str, out: str, size: int | None, device: str) -> None:
+@click.option("--device", default=None, callback=check_device, help=DEVICE_HELP + " [default: cuda if available].")
+def segment(images: str, model: str, out: str, size: int | None, device: str | None) -> None:
     """Predict part masks for every image under IMAGES (folder or s3:// prefix) into a COCO file (RLE, with scores)."""
     from nstray import storage
     from nstray.data.images import ImageDecodeError
