@@ -64,11 +64,22 @@ def _load(model: str, device: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--loader-workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image-reading processes per worker.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--augment", default=None, metavar="STYLED_OUTPUT_URI",
+              help="Offline augmentation: the output folder of a `nstray run` over the training annotations; styled "
+                   "variants of training images replace them in --augment-ratio of the samples (never validation).")
+@click.option("--augment-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Share of training samples taken from --augment's styled variants.")
+@click.option("--style-augment", default=None, metavar="PLAN|random",
+              help="Online augmentation (nstray.augment.PartStyle): parts styled on the fly by a plan YAML, or "
+                   "'random' (style randomization: no style images needed).")
+@click.option("--style-p", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Probability a training image is styled online by --style-augment.")
 @click.option("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a new local Ray).")
 def train_seg(data: str, images: str, out: str, val: str | None, val_images: str | None, val_fraction: float | None,
               arch: str, name: str | None, size: int, epochs: int, batch_size: int, lr: float, workers: int,
               gpus_per_worker: float, cpus_per_worker: float, backbone_weights: str, classes_map: str | None,
               keep_checkpoints: int, resume: bool, seed: int, loader_workers: int, max_failures: int,
+              augment: str | None, augment_ratio: float, style_augment: str | None, style_p: float,
               address: str | None) -> None:
     """Train (or fine-tune) a parts segmenter on a COCO dataset with Ray Train; OUT/NAME/best.pt is the result."""
     from nstray.train.ray_run import TrainConfigError, TrainingError
@@ -84,7 +95,8 @@ def train_seg(data: str, images: str, out: str, val: str | None, val_images: str
             name=name, size=size, epochs=epochs, batch_size=batch_size, lr=lr, backbone_weights=bw,
             class_map=mapping, class_map_source=classes_map, workers=workers, gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker, keep_checkpoints=keep_checkpoints, resume=resume, seed=seed,
-            loader_workers=loader_workers, max_failures=max_failures,
+            loader_workers=loader_workers, max_failures=max_failures, augment=augment, augment_ratio=augment_ratio,
+            style_augment=style_augment, style_p=style_p,
         )
         summary = train_segmenter(config, address=address, notify=lambda m: click.echo(m, err=True))
     except (TrainConfigError, TrainingError, SegDataError, WeightsNotFound, WeightsChecksumError) as exc:

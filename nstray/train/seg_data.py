@@ -181,26 +181,63 @@ class SegCrops(Dataset):
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], index: Mapping[str, int], size: int, *, seed: int = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, styled: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
+                 styled_ratio: float = 0.5, style: Mapping[str, Any] | None = None) -> None:
         if not rows:
             raise SegDataError("no training images")
         self.records = [ImageRecord.from_row(r) for r in rows]
         self.index, self.size, self.seed, self.max_pixels = dict(index), int(size), int(seed), int(max_pixels)
+        # offline augmentation: a sample of image i is one of its styled variants with probability styled_ratio
+        self.styled = {int(k): [ImageRecord.from_row(r) for r in v] for k, v in (styled or {}).items()}
+        self.styled_ratio = float(styled_ratio)
+        self.style_spec = dict(style) if style else None  # online augmentation, built once per loader process
+        self._style: Any = None
+
+    def _online_style(self) -> Any:
+        """The :class:`~nstray.augment.PartStyle` of this process (models loaded on first use, not pickled)."""
+        if self._style is None:
+            from nstray.augment import PartStyle
+
+            spec = self.style_spec or {}
+            plan = assets = None
+            if spec.get("plan"):
+                from nstray.assets import load_plan_assets
+                from nstray.plan import load_plan
+
+                plan = load_plan(spec["plan"])
+                assets = load_plan_assets(plan, max_pixels=self.max_pixels)
+            self._style = PartStyle(plan, p=float(spec.get("p", 0.5)), class_names=spec.get("classes"),
+                                    assets=assets, seed=0)
+        return self._style
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_style": None}
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def pick(self, record: ImageRecord, rng: random.Random) -> ImageRecord:
+        """The record a sample reads: one of ``record``'s styled variants with probability ``styled_ratio``."""
+        variants = self.styled.get(record.image_id)
+        if variants and rng.random() < self.styled_ratio:
+            return variants[rng.randrange(len(variants))]
+        return record
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, position = key
         rng = random.Random(self.seed * 1_000_003 + position)
         problems = []
         for k in range(_MAX_SKIPS):
-            record = self.records[(index + k) % len(self.records)]
+            record = self.pick(self.records[(index + k) % len(self.records)], rng)
             try:
                 image, target = read_example(record, self.index, self.max_pixels)
             except (storage.StorageError, ImageDecodeError, masks.MaskError) as exc:
                 problems.append(str(exc))
                 log.warning("skipping unreadable training image: %s", exc)
                 continue
+            if self.style_spec is not None:
+                style = self._online_style()
+                style.generator.manual_seed(self.seed * 1_000_003 + position)  # a function of the step: exact resume
+                image, target = style(image, target)
             return augment(image, target, self.size, rng)
         raise SegDataError(f"{_MAX_SKIPS} training images in a row are unreadable; e.g. {problems[0]}")

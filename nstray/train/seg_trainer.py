@@ -80,6 +80,10 @@ class SegTrainConfig:
     loader_workers: int = 2
     max_failures: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    augment: str | None = None  # a dataset job's output: its styled variants of training images join the training
+    augment_ratio: float = 0.5  # share of training samples taken from those variants (never validation)
+    style_augment: str | None = None  # "random" (style randomization) or a plan: online augmentation (PartStyle)
+    style_p: float = 0.5  # probability a training image is styled online
 
     @property
     def run_name(self) -> str:
@@ -119,6 +123,9 @@ class SegTrainConfig:
             problems.append("--val-images needs --val")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             problems.append(f"val_fraction: must be between 0 and 1, got {self.val_fraction}")
+        for key in ("augment_ratio", "style_p"):
+            if not 0 <= float(getattr(self, key)) <= 1:
+                problems.append(f"{key}: must lie in [0, 1], got {getattr(self, key)}")
         if problems:
             raise TrainConfigError("invalid segmentation training settings:\n  " + "\n  ".join(problems))
         return self
@@ -226,7 +233,12 @@ def seg_train_loop(loop_config: dict) -> None:
     n_train = len(train_rows)
     per_epoch = math.ceil(n_train / (cfg.batch_size * world))
     total = cfg.epochs * per_epoch
-    dataset = SegCrops(train_rows, index, cfg.size, seed=cfg.seed, max_pixels=cfg.max_pixels)
+    style = None
+    if cfg.style_augment:
+        style = {"plan": None if cfg.style_augment == "random" else cfg.style_augment, "p": cfg.style_p,
+                 "classes": classes}
+    dataset = SegCrops(train_rows, index, cfg.size, seed=cfg.seed, max_pixels=cfg.max_pixels,
+                       styled=loop_config.get("styled") or None, styled_ratio=cfg.augment_ratio, style=style)
     sampler = StepBatches(n_train, start_epoch * per_epoch, total, cfg.batch_size, rank, world, cfg.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.loader_workers,
                         pin_memory=device.type == "cuda")
@@ -303,6 +315,37 @@ def _records(cfg: SegTrainConfig, say: Callable[[str], None]) -> tuple[list, lis
     return train, val, categories
 
 
+def _styled_variants(cfg: SegTrainConfig, train: list, say: Callable[[str], None]) -> dict[int, list[dict]]:
+    """``{training image id: [index rows of its styled variants]}`` from a dataset job's output (``--augment``):
+    its ``annotations.json`` (whose labels still hold) with ``nstray.source_image_id`` per image. Variants of
+    images outside the training split (validation) are never used."""
+    from nstray.data.coco import load_coco, read_records
+    from nstray.train.seg_data import SegDataError
+
+    assert cfg.augment is not None
+    ann = storage.join(cfg.augment, "annotations.json")
+    try:
+        coco = load_coco(ann)
+    except Exception as exc:  # noqa: BLE001 - DatasetError / StorageError: one clear message
+        raise SegDataError(f"--augment {cfg.augment}: cannot read its styled set ({exc}); give the output folder "
+                           "of a `nstray run` over the training annotations") from None
+    source = {int(img["id"]): int(img["nstray"]["source_image_id"]) for img in coco.get("images", [])
+              if isinstance(img, dict) and isinstance(img.get("nstray"), dict) and "source_image_id" in img["nstray"]}
+    records, _ = read_records(coco, cfg.augment, check_files=False, max_pixels=cfg.max_pixels, source=ann)
+    train_ids = {r.image_id for r in train}
+    out: dict[int, list[dict]] = {}
+    for rec in records:
+        src = source.get(rec.image_id)
+        if src in train_ids:
+            out.setdefault(src, []).append(rec.to_row())
+    if not out:
+        raise SegDataError(f"--augment {cfg.augment}: none of its {len(records)} styled image(s) is a variant of a "
+                           "training image; style the training annotations with `nstray run` and pass its output")
+    say(f"offline augmentation: {sum(map(len, out.values()))} styled variant(s) of {len(out)} training image(s), "
+        f"{cfg.augment_ratio:.0%} of training samples")
+    return out
+
+
 def train_segmenter(config: SegTrainConfig, *, address: str | None = None,
                     notify: Callable[[str], None] | None = None) -> SegTrainSummary:
     """Train (or resume) a segmenter on Ray Train; returns where the checkpoints and curves are.
@@ -341,7 +384,13 @@ def train_segmenter(config: SegTrainConfig, *, address: str | None = None,
         weights.resolve(cfg.backbone_ref)
     say(f"training {cfg.arch} on {len(train)} image(s) (validation {len(val)}), {len(classes)} classes, "
         f"{cfg.workers} worker(s) -> {run}")
-    rows = {"train": [r.to_row() for r in train], "val": [r.to_row() for r in val]}
+    rows = {"train": [r.to_row() for r in train], "val": [r.to_row() for r in val],
+            "styled": _styled_variants(cfg, train, say) if cfg.augment else {}}
+    if cfg.style_augment and cfg.style_augment != "random":
+        from nstray.assets import load_plan_assets
+        from nstray.plan import load_plan
+
+        load_plan_assets(load_plan(cfg.style_augment))  # a bad plan fails here, not in every loader process
     summary.metrics = ray_run.fit(
         seg_train_loop,
         {"config": asdict(cfg), "classes": classes, "index": index, **rows,
