@@ -41,6 +41,15 @@ PLAN = {
 }
 
 
+# the synthetic parts merged into four classes: a tiny model trained for minutes can learn these
+COARSE = {"wheel": "wheel", "window": "glass", "windshield": "glass", "rear_windshield": "glass",
+          "headlight": "light", "taillight": "light"}
+
+
+def _class_map(categories: list[str], coarse: bool) -> dict[str, str]:
+    return {c: COARSE.get(c, "body") for c in categories} if coarse else {}
+
+
 def _plan(categories: list[str]) -> dict:
     names = sorted(PLAN["styles"])
     parts = {c: {"style": names} for c in categories}
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--augment-ratio", type=float, default=0.5)
     ap.add_argument("--style-p", type=float, default=0.5)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--fine", action="store_true", help="every category its own class (default: body, glass, wheel, "
+                                                        "light: learnable by a small model in minutes)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = SegTrainConfig(data=train_ann, images=train_images, out=str(work / "runs"), name=f"{arm}-s{seed}",
                                  arch=args.arch, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
                                  workers=args.workers, backbone_weights=None if args.backbone_weights == "none"
-                                 else args.backbone_weights, seed=seed, loader_workers=0, val_fraction=0.2, **extra)
+                                 else args.backbone_weights, seed=seed, loader_workers=0, val_fraction=0.2,
+                                 class_map=_class_map(categories, not args.fine), **extra)
             t = time.perf_counter()
             summary = train_segmenter(cfg, notify=lambda m: None)
             seg = load_segmenter(summary.model_uri)  # the last checkpoint: every arm trained the same steps

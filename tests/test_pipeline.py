@@ -126,7 +126,11 @@ def test_job_report_says_where_time_went(first_run):
     assert sum(errors["by_reason"].values()) == 4 * VARIANTS + 1  # the COCO problem of record 5 counts too
     assert any(r.startswith("coco: ") for r in errors["by_reason"])
     actors = report["actors"]
-    assert actors["restarts"] == 0 and actors["devices"] == {"cpu": 2}
+    # which of the 2 actors got batches is Ray's scheduling (on a busy machine one may take all): the report
+    # must name exactly the actors that made this run's outputs
+    made = {json.loads(r["worker"])["actor"] for r in pq.read_table(out / "manifest").to_pylist()}
+    assert actors["restarts"] == 0 and actors["devices"] == {"cpu": len(made)} and 1 <= len(made) <= 2
+    assert {w["actor"] for w in actors["workers"]} == made
     assert sum(w["outputs"] for w in actors["workers"]) == 7 * VARIANTS
     assert all(w["node"] and w["actor"] and w["restarted"] is False for w in actors["workers"])
     assert report["ray_data_stats"]
