@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=96, help="training crop side")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--backbone-weights", default="none", help="'none' (random init) or what train-seg takes")
     ap.add_argument("--variants", type=int, default=2, help="styled variants per training image (offline arm)")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"augment": str(styled), "augment_ratio": args.augment_ratio} if arm == "offline" else \
                 {"style_augment": "random", "style_p": args.style_p} if arm == "online" else {}
             cfg = SegTrainConfig(data=train_ann, images=train_images, out=str(work / "runs"), name=f"{arm}-s{seed}",
-                                 arch=args.arch, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
+                                 arch=args.arch, size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                  workers=args.workers, backbone_weights=None if args.backbone_weights == "none"
                                  else args.backbone_weights, seed=seed, loader_workers=0, val_fraction=0.2,
                                  class_map=_class_map(categories, not args.fine), **extra)
