@@ -26,7 +26,8 @@ from nstray.config import JobConfig, load_config
 from nstray.pipeline import outputs
 from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
 from nstray.pipeline.safety import job_inputs
-from nstray.pipeline.skeleton import Placement, ProgressFn, connect, flush_seconds, guarded, place, stage_env, stream
+from nstray.pipeline.skeleton import (Placement, ProgressFn, connect, flush_seconds, guarded, place, pool_strategy,
+                                      stage_env, stream)
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
 from nstray.preflight import check_plan_assets
 
@@ -170,10 +171,7 @@ def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_ro
     remote: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     if not placement.fused:
         ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1, **remote)
-    if placement.min_actors == placement.actors:
-        pool = ray.data.ActorPoolStrategy(size=placement.actors)
-    else:
-        pool = ray.data.ActorPoolStrategy(min_size=placement.min_actors, max_size=placement.actors)
+    pool = pool_strategy(placement)
     ds = ds.map_batches(
         Stylizer,
         fn_constructor_kwargs={"plan": cfg.plan, "opts": opts, "gpus": placement.gpus_per_actor,

@@ -47,6 +47,7 @@ class RunStats:
     first_at: float | None = None  # monotonic time the first rows arrived
     last_at: float | None = None
     _prepared: set = field(default_factory=set)  # image ids whose prepare time is counted (variants share it)
+    unit: tuple[str, ...] = ("image_id",)  # the columns naming what one prepare serves (a video chunk: more)
 
     def add(self, rows: Iterable[dict]) -> None:
         now = time.monotonic()
@@ -58,9 +59,9 @@ class RunStats:
                 self.failed += 1
                 self.errors_by_stage[str(r.get("stage") or "?")] += 1
                 self.errors_by_reason[_reason_key(r)] += 1
-            image_id = int(r["image_id"])
-            if image_id not in self._prepared:
-                self._prepared.add(image_id)
+            unit = tuple(r[k] for k in self.unit)
+            if unit not in self._prepared:
+                self._prepared.add(unit)
                 self._busy("prepare", r.get("prepare_s"))
             self._busy("stylize", r.get("stylize_s"))
             self._busy("write", r.get("write_s"))

@@ -87,8 +87,8 @@ def label_frames(frames: Iterable, masks, *, keyframes: bool = False, reconcile:
         by_index: dict[int, object] = {}
 
         def pixels() -> Iterator[np.ndarray]:
-            for f in frames:
-                by_index[f.index] = f  # decode order: f.index counts 0, 1, 2, ... as propagate_stream does
+            for n, f in enumerate(frames):  # keyed by decode order, as propagate_stream counts (a chunk's
+                by_index[n] = f  # frames may start past frame 0)
                 yield f.rgb
 
         def key(i: int) -> np.ndarray | None:
