@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from nstray import storage
@@ -206,6 +206,14 @@ class VideoConfig(_Model):
     strength: float = Field(0.9, ge=0, le=1)
     crf: int = Field(18, ge=0, le=51)
     size: int | None = Field(None, ge=16)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> VideoConfig:
+        if self.overlap_frames >= self.chunk_frames:
+            raise PydanticCustomError("overlap", "overlap_frames ({o}) must be < chunk_frames ({c}): the warm-up "
+                                      "of a chunk lies within the chunk before it",
+                                      {"o": self.overlap_frames, "c": self.chunk_frames})
+        return self
 
 
 class VideoJobConfig(_JobBase):

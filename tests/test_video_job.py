@@ -132,25 +132,24 @@ def test_videos_styled_in_chunks_joined_resumed(ray_cluster, videos, tmp_path):
 
 
 def test_no_warping_error_spike_at_chunk_boundaries(ray_cluster, videos, tmp_path):
-    """The per-frame warping error (Farneback, not the stabilizer's DIS) at the frames where chunks meet is
-    no higher than elsewhere; without warm-up frames the stabilizer restarts cold there."""
+    """The per-frame warping error (Farneback, not the stabilizer's DIS) where two chunks meet is that of the
+    same frames styled in one pass (no chunks). Without the warm-up and cross-fade it is 2.7–3.4× that
+    (measured; see the report), so this fails when the chunk boundaries flicker."""
     src = videos / "clip0.mp4"
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(src, one / "clip0.mp4")
     errs = {}
-    for name, overlap in (("warm", 4), ("cold", 0)):
-        cfg = dict(config(one, tmp_path / name, chunk_frames=6, overlap_frames=overlap), variants=1)
+    for name, chunk, overlap in (("chunked", 6, 4), ("one_pass", FRAMES, 0)):
+        cfg = dict(config(one, tmp_path / name, chunk_frames=chunk, overlap_frames=overlap), variants=1)
         assert run_video_job(cfg).done == 1
         errs[name] = np.array(measure(frames_of(src), frames_of(tmp_path / name / "videos/clip0/0.mp4"))
                               .per_frame_warping_error)
     boundary = [5, 11]  # entry j is the pair (frame j, frame j+1): chunks start at frames 6 and 12
-    inner = [j for j in range(len(errs["warm"])) if j not in boundary]
-    warm, cold = errs["warm"], errs["cold"]
-    print(f"boundary / median inner warping error: warm {warm[boundary].mean() / np.median(warm[inner]):.2f}, "
-          f"cold {cold[boundary].mean() / np.median(cold[inner]):.2f}")
-    assert warm[boundary].max() <= 1.5 * np.median(warm[inner])
-    assert cold[boundary].mean() > warm[boundary].mean()  # the warm-up is what removes the spike
+    ratio = errs["chunked"][boundary] / errs["one_pass"][boundary]
+    print(f"chunk-boundary warping error / one pass, same frames: {np.round(ratio, 2)}; boundary / median of the "
+          f"chunked video: {errs['chunked'][boundary].mean() / np.median(errs['chunked']):.2f}")
+    assert ratio.max() <= 1.25
 
 
 def test_real_clip_keeps_audio_frames_and_fps(ray_cluster, shared_videos, tmp_path):
@@ -193,3 +192,8 @@ def test_an_actor_killed_mid_job_leaves_every_output_once(ray_cluster, videos, t
     for p in (out / "videos").rglob("*.mp4"):
         assert probe(p).frames == FRAMES
     assert json.loads((out / "job_report.json").read_text())["actors"]["restarts"] >= 1
+
+
+def test_overlap_must_be_shorter_than_a_chunk(tmp_path):
+    with pytest.raises(ConfigError, match=r"video: overlap_frames \(6\) must be < chunk_frames \(6\)"):
+        load_config(config(tmp_path, tmp_path / "o", chunk_frames=6, overlap_frames=6))

@@ -32,7 +32,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -215,10 +215,11 @@ def _match_annotations(videos: list[VideoSource], annotations) -> tuple[list[Vid
 # ---------------------------------------------------------------- the actor
 
 
-def _npz_bytes(frames: list[np.ndarray], pts: list[int | None]) -> bytes:
+def _npz_bytes(frames: list[np.ndarray], pts: list[int | None], index: list[int]) -> bytes:
     buf = io.BytesIO()
     arr = np.stack(frames) if frames else np.zeros((0, 2, 2, 3), np.uint8)
-    np.savez_compressed(buf, frames=arr, pts=np.array([-1 if p is None else p for p in pts], np.int64))
+    np.savez_compressed(buf, frames=arr, pts=np.array([-1 if p is None else p for p in pts], np.int64),
+                        index=np.array(index, np.int64))
     return buf.getvalue()
 
 
@@ -294,6 +295,7 @@ class VideoChunkStylizer:
         styles: dict[str, str] = {}
         frames: list[np.ndarray] = []
         pts: list[int | None] = []
+        index: list[int] = []
         times = StageTimes()
         try:
             masks, keyframes = self._masks(r.get("annotation_id"))
@@ -311,24 +313,25 @@ class VideoChunkStylizer:
                                                             size=v["size"], max_pixels=self.max_pixels) as reader:
                 row["width"], row["height"] = reader.out_size
                 for sf in style_frames(reader, network, stab, masks=masks, keyframes=keyframes, times=times):
-                    if sf.index >= row["start"]:  # warm-up frames only warm the stabilizer
-                        frames.append(sf.output)
-                        pts.append(sf.pts)
+                    frames.append(sf.output)  # warm-up frames too: the join cross-fades them in
+                    pts.append(sf.pts)
+                    index.append(sf.index)
         except Exception as exc:  # noqa: BLE001 - one bad chunk fails alone, with its reason
             return dict(_fail_row(row, "stylize", exc, "check the video and the annotations; rerun the job to retry"),
                         seconds=time.perf_counter() - t0)
-        if len(frames) < row["end"] - row["start"] and row["start"] < row["end"]:
+        own = sum(1 for i in index if i >= row["start"])
+        if own < row["end"] - row["start"]:
             log.warning("%s: chunk %d has %d of %d frames (the stream ends early)", r["source_file"], row["chunk"],
-                        len(frames), row["end"] - row["start"])
+                        own, row["end"] - row["start"])
         t1 = time.perf_counter()
         try:
-            data = _npz_bytes(frames, pts)
+            data = _npz_bytes(frames, pts, index)
             storage.write_bytes(storage.join(self.output, row["output_key"]), data)
         except Exception as exc:  # noqa: BLE001
             return _fail_row(row, "write", exc, "check the output's storage; rerun the job to retry")
         t2 = time.perf_counter()
         s = times.seconds
-        return dict(row, frames=len(frames), styles=json.dumps(styles, sort_keys=True), size=len(data),
+        return dict(row, frames=own, styles=json.dumps(styles, sort_keys=True), size=len(data),
                     sha256=hashlib.sha256(data).hexdigest(), seconds=t2 - t0,
                     prepare_s=s.get("decode", 0.0) + s.get("labels", 0.0),
                     stylize_s=s.get("style", 0.0) + s.get("stabilize", 0.0), write_s=t2 - t1,
@@ -344,10 +347,28 @@ def _chunk_row(c: Chunk, src: VideoSource) -> dict:
 # ---------------------------------------------------------------- join
 
 
-def join_chunks(output: str, src: VideoSource, variant: int, chunk_keys: list[str], crf: int, fingerprint: str,
-                seed: int) -> dict:
+def crossfade(held: dict[int, np.ndarray], index: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``frames`` (a chunk's outputs, frame numbers ``index``) with its warm-up frames — those also in
+    ``held``, the previous chunk's last outputs — faded in: frame ``warm + j`` of ``k`` overlapping frames
+    is ``(1 − w)·previous + w·this`` with ``w = (j + 1) / (k + 1)``. The two stabilizer histories differ
+    where they meet; the fade spreads that difference over the overlap instead of one flickering step."""
+    overlap = [j for j, i in enumerate(index) if int(i) in held]
+    if not overlap:
+        return frames
+    out = frames.copy()
+    k = len(overlap)
+    for n, j in enumerate(overlap):
+        w = (n + 1) / (k + 1)
+        mixed = (1 - w) * held[int(index[j])].astype(np.float32) + w * frames[j].astype(np.float32)
+        out[j] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out
+
+
+def join_chunks(output: str, src: VideoSource, variant: int, chunks: list[tuple[str, int, int]], crf: int,
+                fingerprint: str, seed: int) -> dict:
     """Join the chunk files of (video, variant), in order, into ``videos/<video_id>/<variant>.mp4`` with the
-    source's audio copied; returns its manifest row. Runs as a Ray task (storage and PyAV only)."""
+    source's audio copied; returns its manifest row. ``chunks``: ``(key, warm, start)`` of each. The overlap of
+    two chunks is cross-faded (:func:`crossfade`). Runs as a Ray task (storage and PyAV only)."""
     from fractions import Fraction
 
     from nstray.video.io import VideoWriter
@@ -363,16 +384,38 @@ def join_chunks(output: str, src: VideoSource, variant: int, chunk_keys: list[st
     try:
         with local_copy(src.uri) as source:
             writer = None
-            for k in chunk_keys:
+            held: dict[int, np.ndarray] = {}  # the previous chunk's last frames, which this one overlaps
+            held_pts: dict[int, int] = {}
+
+            def write(f: np.ndarray, p: int) -> None:
+                nonlocal writer
+                if writer is None:
+                    h, w = f.shape[:2]
+                    row["width"], row["height"] = w, h
+                    writer = VideoWriter(tmp, w, h, Fraction(src.fps), time_base=Fraction(src.time_base), crf=crf,
+                                         audio_from=source if src.audio else None)
+                writer.write(f, None if p < 0 else int(p))
+
+            for n, (k, _, start) in enumerate(chunks):
                 with np.load(io.BytesIO(storage.read_bytes(storage.join(output, k)))) as z:
-                    frames, pts = z["frames"], z["pts"]
-                for f, p in zip(frames, pts):
-                    if writer is None:
-                        h, w = f.shape[:2]
-                        row["width"], row["height"] = w, h
-                        writer = VideoWriter(tmp, w, h, Fraction(src.fps), time_base=Fraction(src.time_base), crf=crf,
-                                             audio_from=source if src.audio else None)
-                    writer.write(f, None if p < 0 else int(p))
+                    frames, pts, index = z["frames"], z["pts"], [int(i) for i in z["index"]]
+                for i in sorted(set(held) - set(index)):  # not overlapped (this chunk's stream ended early)
+                    write(held[i], held_pts[i])
+                frames = crossfade(held, np.array(index), frames)
+                next_warm = chunks[n + 1][1] if n + 1 < len(chunks) else None
+                new_held: dict[int, np.ndarray] = {}
+                new_pts: dict[int, int] = {}
+                for f, p, i in zip(frames, pts, index):
+                    if i < start:  # a warm-up frame: written faded, in place of the previous chunk's
+                        if i in held:
+                            write(f, int(p))
+                    elif next_warm is not None and i >= next_warm:
+                        new_held[i], new_pts[i] = f, int(p)
+                    else:
+                        write(f, int(p))
+                held, held_pts = new_held, new_pts
+            for i in sorted(held):
+                write(held[i], held_pts[i])
             if writer is None:
                 raise ValueError(f"{src.name}: no styled frames to join")
             row["frames"] = writer.frames_written
@@ -579,7 +622,8 @@ def _run_locked(cfg: VideoJobConfig, run_id: str, *, address: str | None, on_pro
                                        "video": cfg.video.model_dump(), "seed": cfg.seed, "fingerprint": fingerprint,
                                        "max_pixels": cfg.limits.max_pixels, "gpus": placement.gpus_per_actor,
                                        "threads": placement.threads, "precision": cfg.resources.precision},
-                compute=pool_strategy(placement), num_gpus=placement.gpus_per_actor or None,
+                compute=pool_strategy(replace(placement, actors=min(placement.actors, len(pending)),
+                                              min_actors=min(placement.min_actors, len(pending)))), num_gpus=placement.gpus_per_actor or None,
                 num_cpus=placement.cpus_per_actor, batch_size=1, batch_format="pyarrow", **remote)
             streamed = stream(ds, writer, stats, len(pending), on_progress)
             summary.pipeline_seconds = streamed.pipeline_seconds
@@ -598,7 +642,8 @@ def _run_locked(cfg: VideoJobConfig, run_id: str, *, address: str | None, on_pro
             cs = all_chunks[(s.video_id, v)]
             rows = [latest.get((c.video_id, c.variant, c.chunk)) for c in cs]
             if all(r is not None and r["status"] == "done" and r["fingerprint"] == fingerprint for r in rows):
-                refs.append(join.remote(out, s, v, [c.key for c in cs], cfg.video.crf, join_fp, cfg.seed))
+                refs.append(join.remote(out, s, v, [(c.key, c.warm, c.start) for c in cs], cfg.video.crf, join_fp,
+                                        cfg.seed))
         joined = [_full_row(r) for r in ray.get(refs)]
         writer.add(joined)
         stats.add(joined)
