@@ -197,3 +197,41 @@ def test_an_actor_killed_mid_job_leaves_every_output_once(ray_cluster, videos, t
 def test_overlap_must_be_shorter_than_a_chunk(tmp_path):
     with pytest.raises(ConfigError, match=r"video: overlap_frames \(6\) must be < chunk_frames \(6\)"):
         load_config(config(tmp_path, tmp_path / "o", chunk_frames=6, overlap_frames=6))
+
+
+def _entrypoint(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_entrypoint_and_nstray_run_dispatch_on_the_kind(ray_cluster, videos, tmp_path, capsys):
+    import yaml
+    from click.testing import CliRunner
+
+    from nstray.cli import main as cli
+
+    one = tmp_path / "in"
+    one.mkdir()
+    shutil.copy(videos / "clip2.mp4", one / "clip2.mp4")
+    cfg = dict(config(Path("in"), Path("out"), chunk_frames=9, overlap_frames=3), variants=1)  # relative paths
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert _entrypoint("stylize_dataset").main([str(path), "--no-progress"]) == 1
+    assert "this is a video job config (kind: video); run it with jobs/stylize_video.py" in capsys.readouterr().err
+    assert _entrypoint("stylize_video").main([str(path), "--no-progress"]) == 0
+    assert "joined 1 video(s)" in capsys.readouterr().out
+    assert probe(tmp_path / "out" / "videos" / "clip2" / "0.mp4").frames == FRAMES
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert result.exit_code == 0 and "nothing to do" in result.output and "wrote nothing this run" in result.output
+
+
+def test_submit_picks_the_entrypoint_by_kind(tmp_path):
+    from nstray.cli.jobs import entrypoint
+
+    assert entrypoint(load_config(config(tmp_path, tmp_path / "o"))) == "jobs/stylize_video.py"
+    images = {"input": {"annotations": "a.json", "images": "i"}, "output": str(tmp_path / "o"), "plan": PLAN}
+    assert entrypoint(load_config(images)) == "jobs/stylize_dataset.py"

@@ -484,12 +484,17 @@ def run_video_job(config: VideoJobConfig | str | dict, *, address: str | None = 
 
         raise ConfigError("run_video_job needs a video job config (kind: video)")
     run_id = outputs.new_run_id()
-    inputs = {k: v for k, v in job_inputs(cfg.input.annotations or "", cfg.input.videos, cfg.plan).items()
-              if v and k != "input.images"}
-    inputs["input.videos"] = cfg.input.videos
-    with guarded(cfg.output, inputs, run_id, root_field="input.videos"):
+    inputs, root_field = video_inputs(cfg)
+    with guarded(cfg.output, inputs, run_id, root_field=root_field):
         return _run_locked(cfg, run_id, address=address, on_progress=on_progress, notify=notify,
                            ray_progress_bars=ray_progress_bars, verify=verify)
+
+
+def video_inputs(cfg: VideoJobConfig) -> tuple[dict[str, str], str]:
+    """``(what the job reads, the field of the folder it lists)``: the output may overlap none of them."""
+    found = {k: v for k, v in job_inputs(cfg.input.annotations or "", cfg.input.videos, cfg.plan).items()
+             if v and k != "input.images"}
+    return dict(found, **{"input.videos": cfg.input.videos}), "input.videos"
 
 
 def _sources(cfg: VideoJobConfig, say: Callable[[str], None]) -> tuple[list[VideoSource], list[dict], Any]:
