@@ -256,9 +256,9 @@ class ManifestWriter:
 # ---------------------------------------------------------------- verified resume
 
 
-def output_sizes(output: str) -> dict[str, int]:
-    """``{key relative to the output root: size}`` of every object under ``<output>/images``, in one listing."""
-    root = storage.join(output, "images")
+def output_sizes(output: str, folder: str = "images") -> dict[str, int]:
+    """``{key relative to the output root: size}`` of every object under ``<output>/<folder>``, in one listing."""
+    root = storage.join(output, folder)
     sizes = storage.list_sizes(root)
     if storage.is_s3(output):
         base = output.rstrip("/") + "/"

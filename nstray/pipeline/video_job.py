@@ -32,7 +32,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ import numpy as np
 from nstray import storage
 from nstray.config import VideoJobConfig, load_config
 from nstray.pipeline import outputs
-from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
+from nstray.pipeline.report import REPORT_FILE, RunStats, RunSummary
 from nstray.pipeline.safety import job_inputs
 from nstray.pipeline.skeleton import ProgressFn, connect, flush_seconds, guarded, pool_strategy, stage_env, stream
 
@@ -439,35 +439,18 @@ def join_chunks(output: str, src: VideoSource, variant: int, chunks: list[tuple[
 
 
 @dataclass
-class VideoJobSummary:
-    """What a run did: chunks styled / skipped / failed, videos joined, and where everything is."""
+class VideoJobSummary(RunSummary):
+    """What a run did: chunks styled / skipped / failed, videos joined (``outputs``/``done``/``skipped``/``failed``
+    count (video, variant) MP4s), and where everything is."""
 
-    output: str
-    run_id: str
     videos: int = 0
     bad_videos: int = 0
     chunks: int = 0
     chunks_done: int = 0
     chunks_skipped: int = 0
     chunks_failed: int = 0
-    outputs: int = 0  # (video, variant) MP4s the job makes
-    done: int = 0  # MP4s joined this run
-    skipped: int = 0  # MP4s already done
-    failed: int = 0
     frames: int = 0  # frames styled this run
-    seconds: float = 0.0
-    pipeline_seconds: float = 0.0
     frames_per_s: float = 0.0
-    written: list[str] = field(default_factory=list)
-    placement: dict | None = None
-    paths: dict[str, str] = field(default_factory=dict)
-    report: dict | None = None
-
-    def stage_lines(self) -> list[str]:
-        return stage_lines(self.report) if self.report else []
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 _KEPT = ("kind", "video_id", "variant", "chunk", "start", "end", "frames", "source_file", "output_key", "status",
@@ -539,27 +522,11 @@ def _sources(cfg: VideoJobConfig, say: Callable[[str], None]) -> tuple[list[Vide
 
 
 def _valid_done(rows: dict, sizes: dict[str, int], fingerprint: str, verify: bool, output: str) -> dict:
-    """Done rows whose files are there as recorded (size; with ``verify`` the checksum too)."""
-    ok = {}
-    for k, r in rows.items():
-        if r["status"] != "done" or r["fingerprint"] != fingerprint:
-            continue
-        if sizes.get(r["output_key"]) != r["size"]:
-            continue
-        if verify and hashlib.sha256(storage.read_bytes(storage.join(output, r["output_key"]))).hexdigest() != r["sha256"]:
-            continue
-        ok[k] = r
-    return ok
-
-
-def _sizes(output: str, folder: str) -> dict[str, int]:
-    root = storage.join(output, folder)
-    found = storage.list_sizes(root)
-    if storage.is_s3(output):
-        base = output.rstrip("/") + "/"
-        return {u[len(base):]: n for u, n in found.items() if u.startswith(base)}
-    base = os.path.abspath(storage.parse(output).path)
-    return {os.path.relpath(p, base).replace(os.sep, "/"): n for p, n in found.items()}
+    """Done rows (of ``fingerprint``) whose files are there as recorded (:func:`outputs.check_outputs`: size
+    from one listing; with ``verify`` the checksum too)."""
+    done = {k: r for k, r in rows.items() if r["status"] == "done" and r["fingerprint"] == fingerprint}
+    bad = outputs.check_outputs(output, done, sizes, deep=verify) if done else {}
+    return {k: r for k, r in done.items() if k not in bad}
 
 
 def _run_locked(cfg: VideoJobConfig, run_id: str, *, address: str | None, on_progress: ProgressFn | None,
@@ -583,11 +550,11 @@ def _run_locked(cfg: VideoJobConfig, run_id: str, *, address: str | None, on_pro
     schema = video_manifest_schema()
     previous = outputs.read_manifest(out, schema, _KEY).select(list(_KEPT)).to_pylist()
     latest = {(r["video_id"], int(r["variant"]), int(r["chunk"])): r for r in previous}
-    videos_ok = _valid_done({k: r for k, r in latest.items() if k[2] == _JOINED}, _sizes(out, VIDEOS_DIR), join_fp,
+    videos_ok = _valid_done({k: r for k, r in latest.items() if k[2] == _JOINED}, outputs.output_sizes(out, VIDEOS_DIR), join_fp,
                             verify, out)
     todo_videos = [(s, v) for s in sources for v in range(cfg.variants) if (s.video_id, v, _JOINED) not in videos_ok]
     summary.skipped = summary.outputs - len(todo_videos)
-    chunk_sizes = _sizes(out, CHUNKS_DIR) if todo_videos else {}
+    chunk_sizes = outputs.output_sizes(out, CHUNKS_DIR) if todo_videos else {}
     chunks_ok = _valid_done({k: r for k, r in latest.items() if k[2] != _JOINED}, chunk_sizes, fingerprint, verify,
                             out)
     all_chunks: dict[tuple[str, int], list[Chunk]] = {}
