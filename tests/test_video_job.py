@@ -235,3 +235,29 @@ def test_submit_picks_the_entrypoint_by_kind(tmp_path):
     assert entrypoint(load_config(config(tmp_path, tmp_path / "o"))) == "jobs/stylize_video.py"
     images = {"input": {"annotations": "a.json", "images": "i"}, "output": str(tmp_path / "o"), "plan": PLAN}
     assert entrypoint(load_config(images)) == "jobs/stylize_dataset.py"
+
+
+def test_a_labeled_video_is_styled_by_parts(ray_cluster, tmp_path):
+    """YouTube-VIS masks of the synthetic video: each part in its own style, in every chunk, the background
+    left as it is (style none)."""
+    made = generate_video(tmp_path / "gen", 12, seed=5, width=64, height=64)
+    plan = {"styles": {"a": {"kind": "multistyle", "index": 3}, "b": {"kind": "multistyle", "index": 12}},
+            "parts": {"body": {"style": "a"}, "wheel": {"style": "b"}, "background": {"style": "none"}}}
+    cfg = dict(config(made.root, tmp_path / "out", chunk_frames=6, overlap_frames=2), variants=1, plan=plan)
+    cfg["input"]["annotations"] = str(made.annotations)
+    s = run_video_job(cfg)
+    assert (s.done, s.failed, s.chunks_done) == (1, 0, 2)
+    chunks = [r for r in manifest_rows(str(tmp_path / "out")) if r["kind"] == "chunk"]
+    for r in chunks:
+        styles = json.loads(r["styles"])
+        assert styles.get("body") == "a" and styles.get("wheel") == "b", styles
+    styled = frames_of(tmp_path / "out" / "videos" / "video" / "0.mp4")
+    original = frames_of(made.video)
+    from nstray.data.video_annotations import VideoMasks, load_video_annotations
+
+    masks = VideoMasks(load_video_annotations(str(made.annotations)).only())
+    for i in (0, 6, 11):
+        lm = masks.frame_labels(i)
+        bg = lm < 0
+        diff = np.abs(styled[i].astype(int) - original[i].astype(int)).mean(-1)
+        assert diff[~bg].mean() > 3 * diff[bg].mean()  # parts styled, background (style none) kept
