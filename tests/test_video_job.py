@@ -261,3 +261,18 @@ def test_a_labeled_video_is_styled_by_parts(ray_cluster, tmp_path):
         bg = lm < 0
         diff = np.abs(styled[i].astype(int) - original[i].astype(int)).mean(-1)
         assert diff[~bg].mean() > 3 * diff[bg].mean()  # parts styled, background (style none) kept
+
+
+def test_videos_from_and_to_s3(ray_cluster, s3_bucket, videos, tmp_path):
+    """An ``s3://`` prefix of videos in, an ``s3://`` output; the rerun writes nothing."""
+    storage.write_bytes(f"{s3_bucket}/in/cams/clip0.mp4", (videos / "clip0.mp4").read_bytes())
+    out = f"{s3_bucket}/styled"
+    cfg = dict(config(f"{s3_bucket}/in", out, chunk_frames=9, overlap_frames=3), variants=1)  # type: ignore[arg-type]
+    s = run_video_job(cfg)
+    assert (s.done, s.failed, s.chunks_done) == (1, 0, 2)
+    local = tmp_path / "got.mp4"
+    local.write_bytes(storage.read_bytes(f"{out}/videos/cams__clip0/0.mp4"))
+    assert probe(local).frames == FRAMES
+    assert storage.exists(f"{out}/contact_sheet.png") and storage.exists(f"{out}/job_report.json")
+    again = run_video_job(cfg)
+    assert (again.done, again.skipped, again.written) == (0, 1, [])
