@@ -3,11 +3,13 @@
 The driver probes every video (a bad one is an error row; the rest goes on), cuts each into chunks of
 ``video.chunk_frames`` frames and works out, from the manifest, which chunks and joins are still to do.
 A chunk (video, variant, index) covers frames ``[start, end)``; its actor also styles the
-``video.overlap_frames`` frames before ``start`` and drops their outputs, so the stabilizer's state is
-warm at the boundary (no flicker spike where two chunks meet).
+``video.overlap_frames`` (k) frames before ``start``, so the stabilizer's state is warm at the boundary,
+and the join cross-fades those warm-up outputs into the previous chunk's last k frames (:func:`crossfade`):
+two stabilizer histories never quite agree, and the fade spreads their difference over k frames instead
+of one flickering step (no warping-error spike where two chunks meet).
 
     chunk rows → from_items → VideoChunkStylizer (actor pool: models loaded once; decode from start−k,
-    the shared frame loop nstray.video.style, frames [start, end) → <output>/_chunks/<video>/<variant>/<c>.npz)
+    the shared frame loop nstray.video.style, frames [start−k, end) → <output>/_chunks/<video>/<variant>/<c>.npz)
     → manifest rows → driver → join tasks (one per finished (video, variant): chunks in order → H.264,
     source audio copied → videos/<video_id>/<variant>.mp4) → manifest rows, errors, contact sheet, report
 

@@ -1,7 +1,7 @@
 """Style one video frame by frame: decode → part labels → network → stabilize → encode, streamed.
 
-The one video loop, shared by ``nstray video`` and ``benchmarks/video.py`` (and, later, the Ray video
-job's chunks). It holds a few frames at a time (more only between two keyframes when masks are
+The one video loop, shared by ``nstray video``, ``benchmarks/video.py`` and the Ray video job's chunks
+(:mod:`nstray.pipeline.video_job`). It holds a few frames at a time (more only between two keyframes when masks are
 propagated) and times each stage.
 
 Labels per frame come from a :class:`~nstray.data.video_annotations.VideoMasks` (or none: the whole
