@@ -25,9 +25,10 @@ def _config_path(args: argparse.Namespace) -> str:
     return args.config
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the job; exit 0 when it completed (record failures are in errors.parquet), 1 when it could not run."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, kind: str = "images", doc: str | None = None) -> int:
+    """Run the job; exit 0 when it completed (record failures are in errors.parquet), 1 when it could not run.
+    ``kind``: the config kind this entrypoint runs (``jobs/stylize_video.py`` passes ``video``)."""
+    parser = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
     parser.add_argument("config", nargs="?", help="job config YAML (path or s3:// URI)")
     parser.add_argument("--config-module", help="package holding config.yaml (shipped by nstray submit)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS / the job's cluster)")
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from nstray.cli.jobs import run_config
 
     try:
-        run_config(_config_path(args), address=args.address, progress=not args.no_progress, verify=args.verify)
+        run_config(_config_path(args), address=args.address, progress=not args.no_progress, verify=args.verify,
+                   kind=kind)
     except click.ClickException as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
         return 1

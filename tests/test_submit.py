@@ -128,3 +128,24 @@ def test_submit_fails_fast_on_a_bad_config(ray_head, tmp_path):
     result = subprocess.run([str(BIN / "nstray"), "submit", str(bad), "--address", url], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "resources.actors: must be ≥ 1" in result.stderr  # before any submission
+
+
+def test_submit_runs_a_video_job_with_its_own_entrypoint(ray_head, tmp_path):
+    from nstray.data.synth_video import generate_video
+    from nstray.video.io import probe
+
+    url, env = ray_head
+    made = generate_video(tmp_path / "gen", 12, seed=4, width=64, height=64)
+    (tmp_path / "videos").mkdir()
+    made.video.rename(tmp_path / "videos" / "drive.mp4")
+    config = tmp_path / "video.yaml"
+    config.write_text(yaml.safe_dump({
+        "kind": "video", "input": {"videos": "videos"}, "output": "styled", "plan": PLAN,
+        "resources": {"actors": 1}, "video": {"chunk_frames": 6, "overlap_frames": 2},
+    }))
+    result = subprocess.run([str(BIN / "nstray"), "submit", str(config), "--address", url],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
+    logs = result.stdout + result.stderr
+    assert result.returncode == 0, logs
+    assert "SUCCEEDED" in logs and "joined 1 video(s)" in logs  # jobs/stylize_video.py's own summary
+    assert probe(tmp_path / "styled" / "videos" / "drive" / "0.mp4").frames == 12

@@ -1,4 +1,5 @@
-"""``nstray run``, ``nstray submit``, ``nstray demo``: the dataset job on Ray."""
+"""``nstray run``, ``nstray submit``, ``nstray demo``: the dataset jobs on Ray (images, or videos with
+``kind: video``; ``run`` and ``submit`` dispatch on the config's kind)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,35 @@ import click
 from nstray.cli.common import is_user_error
 
 if TYPE_CHECKING:
-    from nstray.config import JobConfig
+    from nstray.config import JobConfig, VideoJobConfig
     from nstray.pipeline.job import JobSummary
+    from nstray.pipeline.video_job import VideoJobSummary
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = "jobs/stylize_dataset.py"
+VIDEO_ENTRYPOINT = "jobs/stylize_video.py"
 # never shipped to the cluster with the working dir
 SUBMIT_EXCLUDES = [".venv", ".git", "out", "outputs", "nstray-demo", "*.egg-info", "__pycache__", ".pytest_cache",
                    ".dev", "build", "dist", "*.log"]
 
 
-def _load(config: str | dict) -> JobConfig:
+def entrypoint(cfg: JobConfig | VideoJobConfig) -> str:
+    """The Ray job entrypoint script of a config's kind."""
+    return VIDEO_ENTRYPOINT if getattr(cfg, "kind", "images") == "video" else ENTRYPOINT
+
+
+def _inputs(cfg: JobConfig | VideoJobConfig) -> tuple[dict[str, str], str]:
+    """``(what the job reads, the field of the folder it lists)``, for the output-overlap check."""
+    from nstray.pipeline.safety import job_inputs
+
+    if getattr(cfg, "kind", "images") != "video":
+        return job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan), "input.images"
+    from nstray.pipeline.video_job import video_inputs
+
+    return video_inputs(cfg)
+
+
+def _load(config: str | dict) -> JobConfig | VideoJobConfig:
     """Load the config, turning every config / plan problem into a clean CLI error."""
     from nstray.config import ConfigError, load_config
 
@@ -37,8 +56,9 @@ def _load(config: str | dict) -> JobConfig:
 class _Progress:
     """A progress bar on a terminal (tqdm); a line every ~10% (or 30 s) in logs (Ray jobs, CI)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, unit: str = "img") -> None:
         self.enabled = enabled
+        self.unit = unit
         self.bar: Any = None
         self.t0 = time.monotonic()
         self.last_line = 0.0
@@ -51,7 +71,7 @@ class _Progress:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, unit="img", desc="styling", dynamic_ncols=True)
+                self.bar = tqdm(total=total, unit=self.unit, desc="styling", dynamic_ncols=True)
             self.bar.n = done + failed
             self.bar.set_postfix(failed=failed, refresh=False)
             self.bar.refresh()
@@ -60,7 +80,8 @@ class _Progress:
         now = time.monotonic()
         if frac >= 1 or frac - self.last_frac >= 0.1 or now - self.last_line > 30:
             rate = done / max(now - self.t0, 1e-9)
-            click.echo(f"progress: {done + failed}/{total} outputs ({failed} failed), {rate:.2f} images/s", err=True)
+            what = "chunks" if self.unit == "chunk" else "outputs"
+            click.echo(f"progress: {done + failed}/{total} {what} ({failed} failed), {rate:.2f} {what}/s", err=True)
             self.last_line, self.last_frac = now, frac
 
     def close(self) -> None:
@@ -100,14 +121,43 @@ def format_summary(s: JobSummary) -> str:
     return "\n".join(x for x in lines if x)
 
 
-def run_config(config: str | dict | JobConfig, *, address: str | None = None, progress: bool = True,
-               verify: bool = False) -> JobSummary:
-    """Run a job with progress and the closing summary on stdout; user errors (see
-    :data:`nstray.cli.common.USER_ERRORS`) become CLI errors, also for the job entrypoint."""
-    from nstray.pipeline.job import run_job
+def format_video_summary(s: VideoJobSummary) -> str:
+    """The closing summary of a video job."""
+    lines = []
+    if s.pipeline_seconds > 0:
+        lines.append(f"styled {s.frames} frame(s) in {s.chunks_done} chunk(s) and joined {s.done} video(s) in "
+                     f"{s.pipeline_seconds:.1f} s: {s.frames_per_s:.2f} frames/s")
+    elif not s.failed:
+        lines.append("nothing to do: every output is already done")
+    lines.append(f"videos: done {s.done}, skipped (already done) {s.skipped}, failed {s.failed}; chunks: done "
+                 f"{s.chunks_done}, reused {s.chunks_skipped}, failed {s.chunks_failed}; {s.videos} usable "
+                 f"video(s), {s.bad_videos} bad")
+    p = s.paths
+    lines += [f"videos:        {p.get('outputs')}", f"manifest:      {p.get('manifest')}/",
+              f"errors:        {p.get('errors')}", f"contact sheet: {p.get('contact_sheet')}"]
+    lines += s.stage_lines()
+    if p.get("report"):
+        lines.append(f"job report:    {p['report']}")
+    lines.append(f"wrote {len(s.written)} file(s) besides the videos this run" if s.written else "wrote nothing this run")
+    return "\n".join(x for x in lines if x)
 
+
+def run_config(config: str | dict | JobConfig | VideoJobConfig, *, address: str | None = None, progress: bool = True,
+               verify: bool = False, kind: str | None = None) -> JobSummary | VideoJobSummary:
+    """Run a job (image or video, by the config's ``kind``) with progress and the closing summary on stdout;
+    user errors (see :data:`nstray.cli.common.USER_ERRORS`) become CLI errors, also for the job entrypoints.
+    ``kind``: the kind the caller expects (an entrypoint of one kind refuses the other)."""
     cfg = config if not isinstance(config, (str, dict)) else _load(config)
-    bar = _Progress(progress)
+    video = getattr(cfg, "kind", "images") == "video"
+    if kind is not None and kind != cfg.kind:
+        other = entrypoint(cfg)
+        raise click.ClickException(f"this is a {cfg.kind} job config (kind: {cfg.kind}); run it with {other} "
+                                   "or `nstray run`")
+    if video:
+        from nstray.pipeline.video_job import run_video_job as run_job
+    else:
+        from nstray.pipeline.job import run_job
+    bar = _Progress(progress, unit="chunk" if video else "img")
     try:
         summary = run_job(cfg, address=address, on_progress=bar, notify=lambda m: click.echo(m, err=True),
                           verify=verify)
@@ -117,7 +167,7 @@ def run_config(config: str | dict | JobConfig, *, address: str | None = None, pr
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
-    click.echo(format_summary(summary))
+    click.echo(format_video_summary(summary) if video else format_summary(summary))
     return summary
 
 
@@ -129,7 +179,8 @@ def run_config(config: str | dict | JobConfig, *, address: str | None = None, pr
               help="Also re-read every output the manifest records as done and check its SHA-256 (a plain rerun "
                    "checks presence and size from one listing).")
 def run(config: str, address: str | None, no_progress: bool, verify: bool) -> None:
-    """Run a dataset job (CONFIG.yaml) on the current Ray cluster, or a local one.
+    """Run a dataset job (CONFIG.yaml; images, or videos with ``kind: video``) on the current Ray cluster,
+    or a local one.
 
     Rerunning resumes: outputs the manifest records as done, and found there with their recorded size,
     are skipped; missing or damaged ones and failed records are redone. One job per output at a time.
@@ -180,11 +231,12 @@ def submit(config: str, address: str, no_wait: bool, python_exe: str, env: tuple
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from nstray.pipeline.safety import check_output, job_inputs
+    from nstray.pipeline.safety import check_output
     from nstray.preflight import check_plan_assets
 
     cfg = _load(config)  # fail here, not on the cluster (a ConfigError / PlanError is one `Error:` line)
-    check_output(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan))
+    inputs, root_field = _inputs(cfg)
+    check_output(cfg.output, inputs, images_field=root_field)
     # local style images and checkpoints must load; s3:// ones are the cluster's to read (its own credentials)
     check_plan_assets(cfg.load_plan(), max_pixels=cfg.limits.max_pixels, skip_s3=True)
     args, py_modules = _ship_config(config, cfg)
@@ -201,7 +253,7 @@ def submit(config: str, address: str, no_wait: bool, python_exe: str, env: tuple
         runtime_env["env_vars"] = env_vars
     try:
         client = JobSubmissionClient(address)
-        job_id = client.submit_job(entrypoint=f"{python_exe} {ENTRYPOINT} {args}", runtime_env=runtime_env,
+        job_id = client.submit_job(entrypoint=f"{python_exe} {entrypoint(cfg)} {args}", runtime_env=runtime_env,
                                    metadata={"nstray_output": cfg.output})
     except Exception as exc:  # noqa: BLE001 - connection refused, HTTP errors ... one clear line
         raise click.ClickException(f"cannot submit to {address}: {type(exc).__name__}: {exc}") from None

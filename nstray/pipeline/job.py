@@ -24,9 +24,10 @@ from typing import Any
 from nstray import storage
 from nstray.config import JobConfig, load_config
 from nstray.pipeline import outputs
-from nstray.pipeline.report import REPORT_FILE, RunStats, stage_lines
+from nstray.pipeline.report import REPORT_FILE, RunStats, RunSummary
 from nstray.pipeline.safety import job_inputs
-from nstray.pipeline.skeleton import Placement, ProgressFn, connect, flush_seconds, guarded, place, stage_env, stream
+from nstray.pipeline.skeleton import (Placement, ProgressFn, connect, flush_seconds, guarded, place, pool_strategy,
+                                      stage_env, stream)
 from nstray.pipeline.stages import StageOptions, Stylizer, encode_write_batch, prepare_batch
 from nstray.preflight import check_plan_assets
 
@@ -109,35 +110,16 @@ def ensure_index(output: str, records: Sequence[Any], rows_per_shard: int) -> li
 
 
 @dataclass
-class JobSummary:
+class JobSummary(RunSummary):
     """What a run did. ``images_per_s``: outputs made per second of pipeline time."""
 
-    output: str
-    run_id: str
     records: int = 0
     bad_records: int = 0
-    outputs: int = 0
-    done: int = 0
-    skipped: int = 0
     redone: int = 0  # outputs the manifest recorded as done but found missing or damaged
     removed: int = 0  # superseded output files removed (e.g. the old extension after a format change)
     unexpected: int = 0  # files under images/ that are not outputs of this job (left in place)
-    failed: int = 0
     error_rows: int = 0
-    seconds: float = 0.0
-    pipeline_seconds: float = 0.0
     images_per_s: float = 0.0
-    written: list[str] = field(default_factory=list)
-    placement: dict | None = None
-    paths: dict[str, str] = field(default_factory=dict)
-    report: dict | None = None  # job_report.json of this run (None when there was nothing to do)
-
-    def stage_lines(self) -> list[str]:
-        """Where the time went (busy seconds per stage, actors, failures by reason), for the closing summary."""
-        return stage_lines(self.report) if self.report else []
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # manifest columns the driver keeps per output (resume, errors, COCO out); models and timings stay on disk
@@ -170,10 +152,7 @@ def _build_dataset(cfg: JobConfig, shards: Sequence[str], work: Work, n_index_ro
     remote: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     if not placement.fused:
         ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": opts}, batch_size=b, num_cpus=1, **remote)
-    if placement.min_actors == placement.actors:
-        pool = ray.data.ActorPoolStrategy(size=placement.actors)
-    else:
-        pool = ray.data.ActorPoolStrategy(min_size=placement.min_actors, max_size=placement.actors)
+    pool = pool_strategy(placement)
     ds = ds.map_batches(
         Stylizer,
         fn_constructor_kwargs={"plan": cfg.plan, "opts": opts, "gpus": placement.gpus_per_actor,

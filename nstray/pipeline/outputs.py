@@ -133,8 +133,9 @@ def _read_parquet(uri: str):
 # ---------------------------------------------------------------- manifest
 
 
-def read_manifest(output: str):
-    """The latest manifest row per (image_id, variant) across every part file, as an Arrow table.
+def read_manifest(output: str, schema: Any = None, key: Sequence[str] = ("image_id", "variant")):
+    """The latest manifest row per ``key`` (an image job's: (image_id, variant)) across every part file,
+    as an Arrow table of ``schema`` (default :func:`manifest_schema`; the video job passes its own).
 
     Part files are read in name order (run ids sort by time), later rows override earlier ones.
     An unreadable part is skipped with a warning: its outputs are simply redone.
@@ -142,7 +143,7 @@ def read_manifest(output: str):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    schema = manifest_schema()
+    schema = schema if schema is not None else manifest_schema()
     tables = []
     for uri in sorted(storage.list_files(storage.join(output, MANIFEST_DIR))):
         if not uri.endswith(".parquet"):
@@ -159,13 +160,14 @@ def read_manifest(output: str):
         return schema.empty_table()
     table = pa.concat_tables(tables)
     table = table.append_column("_row", pa.array(np.arange(len(table), dtype=np.int64)))
-    last = table.group_by(["image_id", "variant"]).aggregate([("_row", "max")])
+    last = table.group_by(list(key)).aggregate([("_row", "max")])
     keep = pc.sort_indices(last["_row_max"])
     rows = pc.take(last["_row_max"], keep)
     return table.take(rows).drop_columns(["_row"])
 
 
-def compact_manifest(output: str, run_id: str, max_parts: int = 16, *, force: bool = False) -> str | None:
+def compact_manifest(output: str, run_id: str, max_parts: int = 16, *, force: bool = False, schema: Any = None,
+                     key: Sequence[str] = ("image_id", "variant")) -> str | None:
     """Merge the manifest into one part when it has more than ``max_parts`` part files, or with ``force``
     (rows of this run superseded older rows: the manifest keeps one row per output); returns the new part.
 
@@ -177,7 +179,7 @@ def compact_manifest(output: str, run_id: str, max_parts: int = 16, *, force: bo
     if len(parts) <= max_parts and not (force and len(parts) > 1):
         return None
     merged = storage.join(folder, f"part-{run_id}-zz-compacted.parquet")
-    storage.write_bytes(merged, _parquet_bytes(read_manifest(output)))
+    storage.write_bytes(merged, _parquet_bytes(read_manifest(output, schema, key)))
     for uri in parts:
         if uri != merged:
             storage.delete(uri)
@@ -191,6 +193,8 @@ class ManifestWriter:
     A part is flushed every ``flush_rows`` rows or ``flush_seconds`` seconds, so an interrupted run
     keeps what it finished. A failure identical to the one already recorded for that output (same
     stage and reason) is not written again: a rerun that fails the same way writes nothing.
+    ``schema`` and ``key``: the manifest's columns and the columns naming one output (default: the image
+    job's :func:`manifest_schema`, (image_id, variant)).
     """
 
     output: str
@@ -204,6 +208,8 @@ class ManifestWriter:
     keep: tuple[str, ...] | None = None
     parts: list[str] = field(default_factory=list)
     superseded: int = 0  # rows written for outputs that already had a row (compaction keeps one per output)
+    schema: Any = None
+    key: tuple[str, ...] = ("image_id", "variant")
     _buffer: list[dict] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
 
@@ -217,7 +223,7 @@ class ManifestWriter:
                 self.done += 1
             else:
                 self.failed += 1
-            key = (int(row["image_id"]), int(row["variant"]))
+            key = tuple(row[k] for k in self.key)
             if row["status"] != "done" and self.previous.get(key) == (row["status"], row["stage"], row["error"]):
                 continue
             self.superseded += key in self.previous
@@ -233,7 +239,7 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=manifest_schema())
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema if self.schema is not None else manifest_schema())
         uri = storage.join(self.output, MANIFEST_DIR, f"part-{self.run_id}-{len(self.parts):05d}.parquet")
         try:
             storage.write_bytes(uri, _parquet_bytes(table))
@@ -250,9 +256,9 @@ class ManifestWriter:
 # ---------------------------------------------------------------- verified resume
 
 
-def output_sizes(output: str) -> dict[str, int]:
-    """``{key relative to the output root: size}`` of every object under ``<output>/images``, in one listing."""
-    root = storage.join(output, "images")
+def output_sizes(output: str, folder: str = "images") -> dict[str, int]:
+    """``{key relative to the output root: size}`` of every object under ``<output>/<folder>``, in one listing."""
+    root = storage.join(output, folder)
     sizes = storage.list_sizes(root)
     if storage.is_s3(output):
         base = output.rstrip("/") + "/"
@@ -424,16 +430,17 @@ def build_coco(source: dict, done: Sequence[dict], *, description: str = "") -> 
 # ---------------------------------------------------------------- contact sheet
 
 
-def render_contact_sheet(rows: Sequence[tuple[str, str, list[tuple[int, str]]]], *, thumb_height: int = 160,
-                         max_pixels: int = 50_000_000) -> bytes:
-    """PNG of ``rows``: each ``(label, original_uri, [(variant, styled_uri), ...])`` becomes one line,
-    original | variant 0 | variant 1 … scaled to ``thumb_height``."""
+def render_contact_sheet(rows: Sequence[tuple[str, str | np.ndarray, list[tuple[int, str | np.ndarray]]]], *,
+                         thumb_height: int = 160, max_pixels: int = 50_000_000) -> bytes:
+    """PNG of ``rows``: each ``(label, original, [(variant, styled), ...])`` becomes one line,
+    original | variant 0 | variant 1 … scaled to ``thumb_height``; each picture an image URI or RGB pixels."""
     from PIL import Image, ImageDraw
 
     from nstray.data.images import decode_image
 
-    def thumb(uri: str) -> Image.Image:
-        arr = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels)
+    def thumb(uri: str | np.ndarray) -> Image.Image:
+        arr = uri if isinstance(uri, np.ndarray) else decode_image(storage.read_bytes(uri), name=uri,
+                                                                   max_pixels=max_pixels)
         im = Image.fromarray(arr)
         w = max(1, round(im.width * thumb_height / im.height))
         return im.resize((w, thumb_height), Image.Resampling.LANCZOS)

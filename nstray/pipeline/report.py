@@ -12,10 +12,10 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["STAGES", "RunStats", "stage_lines", "REPORT_FILE"]
+__all__ = ["STAGES", "RunStats", "RunSummary", "stage_lines", "REPORT_FILE"]
 
 REPORT_FILE = "job_report.json"
 STAGES = ("prepare", "stylize", "write")  # read+decode+masks | style (+device codec) | encode+write
@@ -47,6 +47,7 @@ class RunStats:
     first_at: float | None = None  # monotonic time the first rows arrived
     last_at: float | None = None
     _prepared: set = field(default_factory=set)  # image ids whose prepare time is counted (variants share it)
+    unit: tuple[str, ...] = ("image_id",)  # the columns naming what one prepare serves (a video chunk: more)
 
     def add(self, rows: Iterable[dict]) -> None:
         now = time.monotonic()
@@ -58,9 +59,9 @@ class RunStats:
                 self.failed += 1
                 self.errors_by_stage[str(r.get("stage") or "?")] += 1
                 self.errors_by_reason[_reason_key(r)] += 1
-            image_id = int(r["image_id"])
-            if image_id not in self._prepared:
-                self._prepared.add(image_id)
+            unit = tuple(r[k] for k in self.unit)
+            if unit not in self._prepared:
+                self._prepared.add(unit)
                 self._busy("prepare", r.get("prepare_s"))
             self._busy("stylize", r.get("stylize_s"))
             self._busy("write", r.get("write_s"))
@@ -125,6 +126,33 @@ class RunStats:
                        "devices": dict(Counter(str(w.get("device", "?")) for w in workers))},
             "ray_data_stats": ray_stats,
         }
+
+
+@dataclass
+class RunSummary:
+    """What one run of a dataset job did, whatever its kind: outputs to make, done this run, already done
+    (skipped), failed; time; files written; where things are; its ``job_report.json`` (None when there was
+    nothing to do). Each job kind adds its own counters."""
+
+    output: str
+    run_id: str
+    outputs: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    written: list[str] = field(default_factory=list)
+    placement: dict | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+    report: dict | None = None
+
+    def stage_lines(self) -> list[str]:
+        """Where the time went (busy seconds per stage, actors, failures by reason), for the closing summary."""
+        return stage_lines(self.report) if self.report else []
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def stage_lines(report: dict) -> list[str]:

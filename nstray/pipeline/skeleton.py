@@ -25,7 +25,7 @@ from nstray.pipeline.lease import Lease
 from nstray.pipeline.lease import acquire as acquire_lease
 from nstray.pipeline.safety import check_output
 
-__all__ = ["Placement", "place", "stage_env", "guarded", "connect", "Streamed", "stream", "ProgressFn",
+__all__ = ["Placement", "place", "stage_env", "pool_strategy", "guarded", "connect", "Streamed", "stream", "ProgressFn",
            "MIN_CPUS_PER_ACTOR"]
 
 log = logging.getLogger("nstray.job")
@@ -137,6 +137,16 @@ def stage_env(placement: Placement) -> dict[str, str]:
 
 
 
+def pool_strategy(placement: Placement):
+    """The Ray Data actor pool of ``placement`` (fixed size, or growing from ``min_actors`` to ``actors``).
+    A dead actor is restarted and its batch retried: Ray Data's defaults (max_restarts, max_task_retries −1)."""
+    import ray.data
+
+    if placement.min_actors == placement.actors:
+        return ray.data.ActorPoolStrategy(size=placement.actors)
+    return ray.data.ActorPoolStrategy(min_size=placement.min_actors, max_size=placement.actors)
+
+
 # ---------------------------------------------------------------- the skeleton
 
 
@@ -167,9 +177,11 @@ def verbose() -> bool:
 
 
 @contextlib.contextmanager
-def guarded(output: str, inputs: Mapping[str, str], run_id: str) -> Iterator[Lease]:
-    """Refuse an output that overlaps an input, then hold the output's lease for the ``with`` block."""
-    check_output(output, inputs)
+def guarded(output: str, inputs: Mapping[str, str], run_id: str, *,
+            root_field: str = "input.images") -> Iterator[Lease]:
+    """Refuse an output that overlaps an input (or lies inside ``inputs[root_field]``, the folder the job
+    lists its inputs from), then hold the output's lease for the ``with`` block."""
+    check_output(output, inputs, images_field=root_field)
     with acquire_lease(output, run_id) as lease:
         yield lease
 

@@ -140,7 +140,9 @@ def probe(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> V
 class VideoReader:
     """Decode a video's first video stream frame by frame as upright RGB ``uint8[H, W, 3]``.
 
-    ``max_frames`` stops early (e.g. a preview); ``size`` (longest side in px) downscales each frame
+    ``max_frames`` stops early (e.g. a preview); ``start`` skips the frames before it (decoded, as H.264
+    needs, but not converted to RGB; indices keep counting from the video's first frame, so a chunk of a
+    video read with ``start=s, max_frames=e`` yields frames ``s .. e-1``); ``size`` (longest side in px) downscales each frame
     (area interpolation, even sides kept as is). After iteration, :attr:`frames_read` is how many came
     out, :attr:`frames_lost` how many the header announced but a truncated or damaged stream never
     delivered (0 when complete, or when stopped by ``max_frames``), :attr:`problem` what went wrong.
@@ -148,8 +150,9 @@ class VideoReader:
     """
 
     def __init__(self, path: str | os.PathLike, *, max_frames: int | None = None, size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, start: int = 0) -> None:
         self.path = str(path)
+        self.start = max(0, int(start))
         self._container = _open(path)
         try:
             self.info = _info(self._container, self.path, max_pixels)
@@ -187,6 +190,9 @@ class VideoReader:
             except (av.error.FFmpegError, EOFError) as exc:
                 self.problem = f"decoding stopped at frame {self.frames_read}: {exc}"
                 break
+            if self.frames_read < self.start:
+                self.frames_read += 1
+                continue
             rgb = frame.to_ndarray(format="rgb24")[:stored_h, :stored_w]
             if rot_k:
                 rgb = np.ascontiguousarray(np.rot90(rgb, k=rot_k))

@@ -1,7 +1,7 @@
 """Style one video frame by frame: decode → part labels → network → stabilize → encode, streamed.
 
-The one video loop, shared by ``nstray video`` and ``benchmarks/video.py`` (and, later, the Ray video
-job's chunks). It holds a few frames at a time (more only between two keyframes when masks are
+The one video loop, shared by ``nstray video``, ``benchmarks/video.py`` and the Ray video job's chunks
+(:mod:`nstray.pipeline.video_job`). It holds a few frames at a time (more only between two keyframes when masks are
 propagated) and times each stage.
 
 Labels per frame come from a :class:`~nstray.data.video_annotations.VideoMasks` (or none: the whole
@@ -87,8 +87,8 @@ def label_frames(frames: Iterable, masks, *, keyframes: bool = False, reconcile:
         by_index: dict[int, object] = {}
 
         def pixels() -> Iterator[np.ndarray]:
-            for f in frames:
-                by_index[f.index] = f  # decode order: f.index counts 0, 1, 2, ... as propagate_stream does
+            for n, f in enumerate(frames):  # keyed by decode order, as propagate_stream counts (a chunk's
+                by_index[n] = f  # frames may start past frame 0)
                 yield f.rgb
 
         def key(i: int) -> np.ndarray | None:
