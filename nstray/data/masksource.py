@@ -117,7 +117,8 @@ def coco_record(doc: dict, source: str, image_id: int, images_root: str = "") ->
         raise MaskSourceError(f"image id {image_id} in {source}: {bad[0].problem}; fix: {bad[0].fix}")
     ids = [r.image_id for r in records]
     shown = ", ".join(map(str, ids[:20])) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
-    raise MaskSourceError(f"no image with id {image_id} in {source}; valid ids: {shown or 'none'}")
+    raise MaskSourceError(f"no image with id {image_id} in {source}; valid ids: {shown or 'none'} "
+                          f"(is image id {image_id} from another annotations file?)")
 
 
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
