@@ -7,7 +7,7 @@ import json
 import av
 import pytest
 from click.testing import CliRunner
-from videofixtures import VIDEOS, moving_frames, write_video
+from videofixtures import VIDEOS, coco_frames, moving_frames, write_video
 
 from nstray.cli import main
 from nstray.video.io import probe
@@ -59,6 +59,24 @@ def test_keyframe_propagation_from_the_cli(tmp_path, plan):
              tmp_path / "v" / "annotations.json", "--keyframes-every", "3", "--stabilize", "none")
     assert r.exit_code == 0, r.output
     assert probe(tmp_path / "o.mp4").frames == 6
+
+
+def test_coco_with_frames_as_images_from_the_cli(tmp_path, plan):
+    """COCO whose images are frames (video_id / frame_id) styles by parts; a bad frame is named and left out."""
+    _run("datasets", "synth", tmp_path / "v", "--video", "--frames", "4", "--width", "96", "--height", "64")
+    doc = coco_frames(json.loads((tmp_path / "v" / "annotations.json").read_text()))
+    doc["images"].append({"id": 5000, "video_id": 1, "frame_id": 12, "file_name": "f12.jpg", "width": 96, "height": 64})
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, [str(a) for a in ("video", tmp_path / "v" / "video.mp4", "--out", tmp_path / "o.mp4",
+                                                   "--plan", plan, "--annotations", tmp_path / "coco.json",
+                                                   "--stabilize", "none", "--metrics")])
+    assert r.exit_code == 0, r.output
+    assert "frame index 12 is out of range: the video has 4 frames" in r.output and "(left out)" in r.output
+    assert probe(tmp_path / "o.mp4").frames == 4
+    r = _run("video", "metrics", tmp_path / "v" / "video.mp4", tmp_path / "o.mp4", "--json",
+             "--annotations", tmp_path / "coco.json")
+    assert r.exit_code == 0, r.output
+    assert "body" in json.loads(r.output[r.output.index("{"):])["styled"]["parts"]
 
 
 def test_unlabeled_video_whole_frame_and_errors(tmp_path, plan):

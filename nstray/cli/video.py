@@ -35,16 +35,22 @@ def _fail(msg: str) -> None:
     raise click.ClickException(msg)
 
 
-def _video_masks(annotations: str | None, video_id: int | None, keyframes_every: int | None):
-    """(VideoMasks or None, keyframe mode); bad records are reported, a useless file is an error."""
+def _video_masks(annotations: str | None, video_id: int | None, keyframes_every: int | None, video_path: str):
+    """(VideoMasks or None, keyframe mode) of the video at ``video_path``; bad records are reported (COCO
+    frames past the video's frame count too), a useless file is an error."""
     if annotations is None:
         if keyframes_every:
             _fail("--keyframes-every needs --annotations (the masks to keep on every K-th frame)")
         return None, False
     from nstray.data.video_annotations import VideoAnnotationError, VideoMasks, load_video_annotations
+    from nstray.video.io import VideoError, probe
 
     try:
-        ann = load_video_annotations(annotations)
+        frames = probe(video_path).frames or None
+    except VideoError as exc:
+        _fail(str(exc))
+    try:
+        ann = load_video_annotations(annotations, frames)
         for p in ann.problems:
             click.echo(f"warning: {annotations}: {p} (left out)", err=True)
         rec = ann.only(video_id)
@@ -61,7 +67,8 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
 @click.argument("input_path", metavar="IN")
 @click.option("--out", "out_path", required=True, help="Output video (.mp4, H.264; the audio is copied).")
 @click.option("--plan", "plan_path", required=True, help="Style plan YAML (parts and background -> styles).")
-@click.option("--annotations", default=None, help="YouTube-VIS style part masks of the video (JSON).")
+@click.option("--annotations", default=None,
+              help="Part masks of the video (JSON): YouTube-VIS style, or COCO whose images are frames (video_id, frame_id).")
 @click.option("--video-id", type=int, default=None, help="Which video of --annotations (needed when it holds several).")
 @click.option("--keyframes-every", type=click.IntRange(min=1), default=None,
               help="Keep the masks of every K-th frame only and propagate them along the flow (tests propagation).")
@@ -99,7 +106,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
     from nstray.video.stabilize import Stabilizer
     from nstray.video.style import StageTimes, style_frames
 
-    masks, keyframes = _video_masks(annotations, video_id, keyframes_every)
+    masks, keyframes = _video_masks(annotations, video_id, keyframes_every, input_path)
     categories = masks.categories if masks is not None else []
     try:
         plan = load_plan(plan_path, categories=sorted(set(categories)) or None)
@@ -192,7 +199,8 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
 @click.argument("original")
 @click.argument("styled")
 @click.option("--naive", default=None, help="The naive per-frame styled video, for SSIM to naive.")
-@click.option("--annotations", default=None, help="YouTube-VIS style masks of ORIGINAL: per-part figures.")
+@click.option("--annotations", default=None,
+              help="Masks of ORIGINAL (YouTube-VIS style, or COCO with frames as images): per-part figures.")
 @click.option("--video-id", type=int, default=None, help="Which video of --annotations.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Measure the first N frames only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
@@ -205,7 +213,7 @@ def metrics_cmd(original: str, styled: str, naive: str | None, annotations: str 
     from nstray.video.io import VideoError, VideoReader
     from nstray.video.metrics import Meter, MetricError
 
-    masks, _ = _video_masks(annotations, video_id, None)
+    masks, _ = _video_masks(annotations, video_id, None, original)
     names = ["styled"] + (["naive"] if naive else [])
     meter = Meter(names, reference="naive" if naive else None, categories=masks.categories if masks else [])
     try:
