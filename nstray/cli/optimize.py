@@ -84,11 +84,11 @@ def _part_regions(plan, categories: list[str], key: int, label_map, fallback, va
     """
     import numpy as np
 
-    from nstray.plan import BACKGROUND, NONE, ArbitrarySpec
+    from nstray.plan import NONE, ArbitrarySpec
     from nstray.assets import AssetError, load_style_image
 
-    cats = [*categories, BACKGROUND]
-    chosen = [plan.choose(c, variant=variant, seed=seed, key=key) for c in cats]
+    background, *parts = plan.resolve(categories, variant, seed, key)
+    choices = [*parts, background]  # region label len(categories) = the background
     region_of: dict[str, int] = {}
     styles: list[list[tuple[object, float]]] = []
     unmapped: list[str] = []
@@ -102,7 +102,7 @@ def _part_regions(plan, categories: list[str], key: int, label_map, fallback, va
                 raise click.ClickException(str(exc)) from None
         return images[uri]
 
-    for cat, name in zip(cats, chosen):
+    for cat, name, _ in choices:
         if name == NONE or name in region_of:
             continue
         spec = plan.styles[name]
@@ -120,14 +120,13 @@ def _part_regions(plan, categories: list[str], key: int, label_map, fallback, va
             "these parts' styles have no style image to optimize toward: " + "; ".join(unmapped)
             + ". Give --style IMAGE for them, or map them to a `kind: arbitrary` style with an image."
         )
-    part_region = np.array([region_of.get(n, -1) for n in chosen], dtype=np.int64)  # last entry: background
+    part_region = np.array([region_of.get(c.style, -1) for c in choices], dtype=np.int64)  # last entry: background
     lm = np.where(label_map < 0, len(categories), label_map)
     regions = part_region[lm].astype(np.int32)
     info = []
-    for cat, name in zip(cats, chosen):
-        spec = plan.spec_for(cat)
-        styled = name != NONE and spec is not None
-        info.append((name, spec.strength if styled else 0.0, bool(spec.preserve_color) if styled else False))
+    for c in choices:
+        spec = c.spec if c.styled else None
+        info.append((c.style, spec.strength if spec else 0.0, bool(spec.preserve_color) if spec else False))
     return regions, styles, info
 
 
