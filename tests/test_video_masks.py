@@ -161,7 +161,7 @@ def test_coco_frames_bad_records_are_named_and_the_rest_goes_on(tmp_path):
     doc["images"].append({"id": 9002, "video_id": 1, "frame_id": 9, "file_name": "y.jpg", "width": 96, "height": 64})
     rle = next(a for a in doc["annotations"] if isinstance(a["segmentation"], dict))
     rle["segmentation"] = {**rle["segmentation"], "size": [32, 48]}
-    ann = parsecoco_frames(doc, "c.json", frames=4)
+    ann = parse_coco_frames(doc, "c.json", frames=4)
     msgs = [str(p) for p in ann.problems]
     assert any("video 7" in m and "unknown video id 7" in m and "listed in 'videos'" in m for m in msgs), msgs
     assert any("frame index 9 is out of range: the video has 4 frames" in m and "fix:" in m for m in msgs), msgs
@@ -172,4 +172,4 @@ def test_coco_frames_bad_records_are_named_and_the_rest_goes_on(tmp_path):
     lab = VideoMasks(rec).labels(3, np.zeros((64, 96, 3), np.uint8))
     assert (lab.label_map >= 0).any()
     with pytest.raises(VideoAnnotationError, match="not COCO with frames as images"):
-        parsecoco_frames({"images": [{"id": 1}], "annotations": []}, "c.json")
+        parse_coco_frames({"images": [{"id": 1}], "annotations": []}, "c.json")

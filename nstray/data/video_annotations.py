@@ -149,6 +149,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _categories(doc: dict) -> dict[Any, str]:
+    """Category id → name."""
+    return {c.get("id"): str(c.get("name")) for c in doc.get("categories") or [] if isinstance(c, dict)}
+
+
+def _annotations(doc: dict) -> list[dict]:
+    """The annotation entries in id order (so track order, hence labels, do not depend on the file's order)."""
+    return sorted((a for a in doc.get("annotations") or [] if isinstance(a, dict)),
+                  key=lambda a: a["id"] if _is_int(a.get("id")) else -1)
+
+
 def _check_segmentation(seg: Any, h: int, w: int) -> str | None:
     """Why ``seg`` (one frame's) is unusable, or None."""
     if seg is None:
@@ -183,7 +194,7 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
     if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):
         raise VideoAnnotationError(f"{source}: not YouTube-VIS style annotations (no 'videos' list); "
                                    f"give a JSON object with 'videos', 'annotations' and 'categories'")
-    cats = {c.get("id"): str(c.get("name")) for c in doc.get("categories") or [] if isinstance(c, dict)}
+    cats = _categories(doc)
     problems: list[VideoProblem] = []
     videos: dict[int, VideoRecord] = {}
     for v in doc["videos"]:
@@ -209,8 +220,7 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
             problems.append(VideoProblem(vid, None, "a second video with the same id", "give every video its own id"))
             continue
         videos[vid] = VideoRecord(vid, w, h, length, list(names) if isinstance(names, list) else [])
-    anns = sorted((a for a in doc.get("annotations") or [] if isinstance(a, dict)),
-                  key=lambda a: a["id"] if _is_int(a.get("id")) else -1)
+    anns = _annotations(doc)
     for a in anns:
         aid, vid = a.get("id"), a.get("video_id")
         if vid not in videos:
@@ -269,7 +279,7 @@ def parse_coco_frames(doc: Any, source: str = "<video annotations>", frames: int
     if not is_coco_frames(doc):
         raise VideoAnnotationError(f"{source}: not COCO with frames as images (no image carries 'video_id'); give "
                                    f"COCO whose images have 'video_id' and 'frame_id', or YouTube-VIS style JSON")
-    cats = {c.get("id"): str(c.get("name")) for c in doc.get("categories") or [] if isinstance(c, dict)}
+    cats = _categories(doc)
     listed = ({v.get("id") for v in doc["videos"] if isinstance(v, dict)}
               if isinstance(doc.get("videos"), list) else None)
     problems: list[VideoProblem] = []
@@ -316,8 +326,7 @@ def parse_coco_frames(doc: Any, source: str = "<video annotations>", frames: int
         videos[vid] = VideoRecord(vid, first["width"], first["height"], length, names)
     tracks: dict[tuple[int, Any], Track] = {}
     nth: dict[tuple[int, int, str], int] = {}
-    anns = sorted((a for a in doc.get("annotations") or [] if isinstance(a, dict)),
-                  key=lambda a: a["id"] if _is_int(a.get("id")) else -1)
+    anns = _annotations(doc)
     for a in anns:
         aid, iid = a.get("id"), a.get("image_id")
         if iid not in frame_of:
