@@ -235,6 +235,11 @@ class Plan(_Model):
         """
         return [PartChoice(c, self.choose(c, variant, seed, key), self.spec_for(c)) for c in (BACKGROUND, *categories)]
 
+    def may_style(self, category: str) -> bool:
+        """Whether some draw gives ``category`` a style (a list may hold ``none`` and styles)."""
+        spec = self.spec_for(category)
+        return spec is not None and any(c != NONE for c in spec.choices())
+
     def used_styles(self) -> set[str]:
         """Style names (from the bank) that some part, the background or the default may take."""
         specs = list(self.parts.values()) + ([self.default] if self.default else [])

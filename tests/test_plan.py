@@ -165,6 +165,8 @@ def test_resolve_is_background_first_then_each_part_as_choose_draws_it():
         assert [c.style for c in got] == [plan.choose(c.category, v, 3, 11) for c in got]
         assert [c.styled for c in got] == [False, True, False, True, True]  # strength 0 is still "styled"
         assert got[1].spec is plan.spec_for("door") and got[0].spec is None
+    assert plan.may_style("door") and plan.may_style("mirror") and not plan.may_style("hood")
+    assert not plan.may_style("background")
 
 
 def test_validation_does_not_import_torch():

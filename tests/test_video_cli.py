@@ -90,6 +90,9 @@ def test_unlabeled_video_whole_frame_and_errors(tmp_path, plan):
     assert r.exit_code == 1 and "bad.mp4: not a video" in r.output and "Traceback" not in r.output
     r = _run("video", src, "--out", tmp_path / "x.mp4", "--plan", plan, "--keyframes-every", "2")
     assert r.exit_code == 1 and "--keyframes-every needs --annotations" in r.output
+    (tmp_path / "nobg.yaml").write_text("styles:\n  a: {kind: multistyle, index: 1}\nparts:\n  body: {style: a}\n")
+    r = _run("video", src, "--out", tmp_path / "x.mp4", "--plan", tmp_path / "nobg.yaml")
+    assert r.exit_code == 1 and "does not style 'background'" in r.output and not (tmp_path / "x.mp4").exists()
 
 
 @pytest.mark.skipif(not VIDEOS.is_dir(), reason="shared real videos absent")

@@ -49,14 +49,6 @@ def _load_plan(path: str, categories: list[str] | None):
         raise click.ClickException(f"{path}: {exc}") from None
 
 
-def _styles_background(plan) -> bool:
-    """Whether some variant may give ``background`` a style (a list may hold ``none`` and styles)."""
-    from nstray.plan import BACKGROUND, NONE
-
-    spec = plan.spec_for(BACKGROUND)
-    return spec is not None and any(c != NONE for c in spec.choices())
-
-
 def _downscale(image, labels, max_side: int | None):
     """Shrink the image (Lanczos) and its label map (nearest) so the longer side is at most ``max_side``."""
     import numpy as np
@@ -165,6 +157,7 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
     from rich.console import Console
 
     from nstray.data.masksource import CocoParts, LabelImage, MaskSourceError, WholeFrame, coco_record
+    from nstray.plan import BACKGROUND
 
     refuse_overwrite({"--out": out, "--preview": preview_uri},
                      {"IMAGE": image, "--plan": plan_path, "--coco": coco_uri, "--masks": masks_uri})
@@ -192,7 +185,7 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
             assert coco_uri is not None and image_id is not None
             parts = CocoParts(plan.overlaps).labels(coco_record(coco, coco_uri, image_id), original)
         else:
-            if not _styles_background(plan):
+            if not plan.may_style(BACKGROUND):
                 raise click.ClickException(
                     f"{plan_path}: without --coco or --masks the whole image is background, but the plan does not "
                     f"style 'background'; add e.g. 'background: {{style: NAME}}' under parts, or give the parts "

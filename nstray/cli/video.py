@@ -98,7 +98,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
     from tqdm import tqdm
 
     from nstray.data.masksource import MaskSourceError
-    from nstray.plan import PlanError, load_plan
+    from nstray.plan import BACKGROUND, PlanError, load_plan
     from nstray.stylize.parts import PartStylizer, StylizeError
     from nstray.video.io import VideoError, VideoReader, VideoWriter, write_gif
     from nstray.video.masks import MaskPropagationError
@@ -112,6 +112,9 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
         plan = load_plan(plan_path, categories=sorted(set(categories)) or None)
     except PlanError as exc:
         _fail(f"{plan_path}: {exc}")
+    if masks is None and not plan.may_style(BACKGROUND):
+        _fail(f"{plan_path}: without --annotations the whole frame is background, but the plan does not style "
+              f"'background'; add e.g. 'background: {{style: NAME}}' under parts, or give --annotations")
     try:
         reader = VideoReader(input_path, max_frames=max_frames, size=size)
     except VideoError as exc:
