@@ -110,5 +110,8 @@ fi
 want nvjpeg && step nvjpeg 120 60 $PY benchmarks/jpeg_codec.py --device cuda --images 64 --size 512
 want profile && step profile 120 60 $PY benchmarks/profile_stylize.py --device cuda --size 512 --batch 16
 want optimize && step optimize 120 60 $PY benchmarks/optimize.py --device cuda --sizes 512 1024 --iters 15
+want segmentation && step segmentation "${SEG_LIMIT:-420}" 120 $PY benchmarks/segmentation.py --device "$DEVICE" \
+  --infer-size "$SIZE" --train-images "${SEG_IMAGES:-2000}" --arch "${SEG_ARCH:-deeplabv3_resnet50}" --size "$SIZE" \
+  --epochs "${SEG_EPOCHS:-3}" --batch-size 16 --cpus-per-worker 8 --loader-workers 12 --json "$OUT/segmentation.json"
 echo "total $(( $(date +%s) - T0 ))s; files in OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit 0  # a skipped last step is not a failure; each step prints its own exit code

@@ -13,22 +13,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training; exit 0 when it finished (or had nothing to do), 1 when it could not run, 2 on bad options."""
-    import click
-
+    from nstray.cli.entrypoints import run_command
     from nstray.cli.train import train_style
 
-    try:
-        train_style.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="train_style.py",
-                         standalone_mode=False)
-    except click.exceptions.Exit as exc:  # --help
-        return int(exc.exit_code)
-    except click.UsageError as exc:
-        exc.show()
-        return 2
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(train_style, argv, "train_style.py")
 
 
 if __name__ == "__main__":

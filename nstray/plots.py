@@ -5,6 +5,9 @@ A history is a list of rows ``{"step": int, "content": float, "style": float, "t
 resolution level). Torch-free, and matplotlib (Agg: no display needed) is imported only when
 rendering, so :mod:`~nstray.stylize` and :mod:`~nstray.train` can both use it without depending on
 each other. Returns PNG bytes; the caller writes them (local or ``s3://``).
+
+Segmentation adds :func:`render_metric_plot` (validation mIoU per epoch) and :func:`render_confusion`
+(``nstray eval-seg --confusion``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["LOSS_TERMS", "render_loss_plot", "smooth"]
+__all__ = ["LOSS_TERMS", "render_confusion", "render_loss_plot", "render_metric_plot", "smooth"]
 
 LOSS_TERMS = ("content", "style", "tv", "total")
 
@@ -76,3 +79,62 @@ def render_loss_plot(history: Sequence[Mapping[str, float]], title: str | None =
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def render_metric_plot(history: Sequence[Mapping[str, float]], keys: Sequence[str], title: str | None = None, *,
+                       x: str = "step", ylabel: str = "value") -> bytes:
+    """A PNG of ``keys`` over ``x`` (linear scale, markers): e.g. validation mIoU and pixel accuracy per epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not history:
+        raise ValueError("empty history")
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [r[x] for r in history]
+    for key in keys:
+        ax.plot(xs, [math.nan if r.get(key) is None else float(r[key]) for r in history], marker="o", ms=3, label=key)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ", ".join(keys))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_confusion(matrix: Sequence[Sequence[float]], labels: Sequence[str], title: str | None = None) -> bytes:
+    """A PNG of a confusion matrix (rows: true class, columns: predicted), each row normalized to sum 1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(labels)
+    if len(matrix) != n or any(len(row) != n for row in matrix):
+        raise ValueError(f"confusion matrix must be {n}x{n} for {n} labels")
+    rows = [[float(v) / max(sum(row), 1e-12) for v in row] for row in matrix]
+    side = max(4.0, 0.45 * n + 2)
+    fig = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=90)
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion (row-normalized)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if rows[i][j] >= 0.01:
+                    ax.text(j, i, f"{rows[i][j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if rows[i][j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _png(fig)

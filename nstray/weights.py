@@ -135,14 +135,24 @@ REGISTRY: dict[str, WeightsEntry] = {
             None,
             "VGG-16 ImageNet features (torchvision)",
         ),
-        WeightsEntry(
-            "deeplabv3_resnet50",
-            "torchvision://DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
-            None,
-            "DeepLabV3-ResNet50 semantic segmentation (torchvision)",
-        ),
     ]
 }
+_SEG_NOTE = "COCO with the 20 VOC labels (car, bus, motorbike, bicycle; trucks are background)"
+for _name, _uri, _what in (
+    ("deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", "DeepLabV3-ResNet50"),
+    ("deeplabv3_resnet101", "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1", "DeepLabV3-ResNet101"),
+    ("deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+     "DeepLabV3-MobileNetV3-Large"),
+    ("lraspp_mobilenet_v3_large", "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", "LR-ASPP MobileNetV3-Large"),
+    ("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "ResNet-50 ImageNet classifier"),
+    ("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "ResNet-101 ImageNet classifier"),
+    ("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "MobileNetV3-Large ImageNet classifier"),
+):
+    REGISTRY[_name] = WeightsEntry(
+        _name, f"torchvision://{_uri}", None,
+        f"{_what} semantic segmentation (torchvision), {_SEG_NOTE}" if "Weights.COCO" in _uri
+        else f"{_what} (torchvision): the backbone start of `nstray train-seg --backbone-weights {_name}`",
+    )
 
 
 def cache_dir() -> Path:
@@ -173,7 +183,9 @@ def _torchvision_weights(spec: str):
     import torchvision.models as tvm
 
     enum_name, _, member = spec.partition(".")
-    enum = getattr(tvm, enum_name, None)
+    # classifiers live in torchvision.models, segmentation / flow / detection weights in its subpackages
+    spaces = (tvm, tvm.segmentation, tvm.optical_flow, tvm.detection, tvm.video)
+    enum = next((getattr(ns, enum_name) for ns in spaces if hasattr(ns, enum_name)), None)
     if enum is None or not member or not hasattr(enum, member):
         raise WeightsNotFound(f"torchvision://{spec}: no such torchvision weights (expected e.g. VGG19_Weights.IMAGENET1K_V1)")
     return getattr(enum, member)
@@ -192,8 +204,16 @@ def _torchvision_path(spec: str, download: bool) -> Path:
                 f"On a machine with internet run `nstray weights pull {spec}`; on an air-gapped cluster "
                 "stage them with `nstray weights push NAME s3://...` and pass the s3:// URI instead"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)  # torch opens its temp file in that folder first
-        torch.hub.download_url_to_file(weights.url, str(path), progress=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(path), progress=True)
+        except OSError as exc:  # URLError, timeouts, refused connections: no internet here
+            reason = getattr(exc, "reason", None) or exc
+            raise WeightsNotFound(
+                f"cannot download torchvision weights {spec} from {weights.url}: {reason}. This machine cannot "
+                f"reach the internet: run `nstray weights pull {spec}` where it can and copy the file to {path}, "
+                "or `nstray weights push` it to S3 there and pass the s3:// URI here"
+            ) from None
     return path
 
 

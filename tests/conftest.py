@@ -156,6 +156,29 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on shared cores: one torch thread is several times faster than contending threads
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def ray_train_env(ray_cluster, monkeypatch):
+    """Ray Train settings for a small shared test machine (propagated by Ray Train to its controller):
+    a patient worker-group start (worker processes import torch on two busy cores), no spot-preemption
+    watcher actor (a local cluster is never preempted), and quicker polling of the workers."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    return ray_cluster
+
+
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     path = SHARED / "data" / "videos"

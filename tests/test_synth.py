@@ -189,3 +189,18 @@ def test_rerun_replaces_its_own_images(tmp_path: Path) -> None:
     ds = synth.generate(tmp_path / "ds", 1, 2)
     names = {i["file_name"] for i in json.loads(ds.annotations.read_text())["images"]}
     assert {p.name for p in ds.images_dir.iterdir()} == names | {"notes.txt"}
+
+
+def test_domains_draw_from_disjoint_background_families(tmp_path):
+    import json
+
+    from nstray.data.synth import DOMAINS
+
+    seen = {}
+    for domain in ("a", "b"):
+        ds = synth.generate(tmp_path / domain, 12, seed=4, width=64, height=48, domain=domain)
+        seen[domain] = {img["background"] for img in json.loads(ds.annotations.read_text())["images"]}
+        assert seen[domain] <= set(DOMAINS[domain])
+    assert seen["a"] and seen["b"] and not seen["a"] & seen["b"]
+    with pytest.raises(ValueError, match="domain must be one of a, b"):
+        synth.generate(tmp_path / "x", 1, seed=0, domain="c")

@@ -32,24 +32,7 @@ CONTENT = {"relu2_2": 1.0}
 STYLE = {"relu1_2": 1.0, "relu2_2": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on shared cores: one torch thread is several times faster than contending threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def ray_train_env(ray_cluster, monkeypatch):
-    """Ray Train settings for a small shared test machine (propagated by Ray Train to its controller):
-    a patient worker-group start (worker processes import torch on two busy cores), no spot-preemption
-    watcher actor (a local cluster is never preempted), and quicker polling of the workers."""
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    return ray_cluster
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- helpers

@@ -18,6 +18,7 @@ from nstray.cli.common import USER_ERRORS, is_user_error
 from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
+from nstray.cli.segmentation import eval_seg, segment, train_seg
 from nstray.cli.styling import styles, stylize
 from nstray.cli.train import train_style
 from nstray.cli.video import video
@@ -59,3 +60,6 @@ main.add_command(optimize)
 main.add_command(weights)
 main.add_command(train_style)
 main.add_command(video)
+main.add_command(train_seg)
+main.add_command(eval_seg)
+main.add_command(segment)

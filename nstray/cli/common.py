@@ -28,9 +28,11 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("nstray.stylize.parts", "StylizeError"),
     ("nstray.stylize.feedforward", "FeedforwardError"),
     ("nstray.assets", "AssetError"),
-    ("nstray.train.ray_trainer", "TrainConfigError"),
-    ("nstray.train.ray_trainer", "TrainingError"),
+    ("nstray.train.ray_run", "TrainConfigError"),
+    ("nstray.train.ray_run", "TrainingError"),
     ("nstray.train.data", "TrainDataError"),
+    ("nstray.train.seg_data", "SegDataError"),
+    ("nstray.models.segmentation", "SegmentationError"),
 )
 """``(module, class)`` of the exceptions that mean "the input is wrong", each raised with a message naming
 the file or field and the fix. Named, not imported: a class whose module was never imported cannot have

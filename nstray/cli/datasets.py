@@ -36,8 +36,11 @@ def datasets() -> None:
 @click.option("--video", "as_video", is_flag=True,
               help="Make a labeled video instead: OUT_DIR/video.mp4 + YouTube-VIS annotations.json.")
 @click.option("--frames", type=click.IntRange(min=1), default=30, show_default=True, help="Frames of the --video.")
+@click.option("--domain", type=click.Choice(["a", "b"]), default=None,
+              help="One family of backgrounds and camera looks (a: street/city; b: nature/studio/abstract under a "
+                   "colour cast, lower contrast, more grain): train on one, test on the other.")
 def synth(out_dir: str, n_images: int, seed: int, width: int | None, height: int | None, as_video: bool,
-          frames: int) -> None:
+          frames: int, domain: str | None) -> None:
     """Generate a synthetic labeled-vehicle COCO dataset in OUT_DIR (deterministic for a seed).
 
     With --video: a synthetic driving video (cars moving, the camera panning, occlusions) with exact
@@ -57,7 +60,7 @@ def synth(out_dir: str, n_images: int, seed: int, width: int | None, height: int
     from nstray.data.synth import generate
 
     size = {k: v for k, v in (("width", width), ("height", height)) if v is not None}
-    result = generate(out_dir, n_images=n_images, seed=seed, **size)
+    result = generate(out_dir, n_images=n_images, seed=seed, domain=domain, **size)
     click.echo(f"wrote {n_images} images to {result.images_dir}")
     click.echo(f"annotations (polygons + RLE): {result.annotations}")
     click.echo(f"annotations (boxes only):     {result.annotations_boxes}")

@@ -180,20 +180,30 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- backgrounds
 
 
-def _background(rng: np.random.Generator, h: int, w: int, noise: np.ndarray) -> tuple[np.ndarray, float, str]:
+DOMAINS: dict[str, tuple[str, ...]] = {"a": ("street", "city"), "b": ("nature", "studio", "abstract")}
+"""Background families of the two domains of ``generate(domain=...)``: train on one, test on the other."""
+_KIND_P = {"street": 0.3, "city": 0.25, "nature": 0.15, "studio": 0.15, "abstract": 0.15}
+
+
+def _background(rng: np.random.Generator, h: int, w: int, noise: np.ndarray,
+                domain: str | None = None) -> tuple[np.ndarray, float, str]:
     """A textured background and its horizon y; returns (rgb float32, horizon, kind).
 
     Drawn at half resolution and upsampled: four times cheaper, and the slight
     softness reads as depth of field behind the sharp cars.
     """
     hs, ws = (h + 1) // 2, (w + 1) // 2
-    small, horizon, kind = _background_small(rng, hs, ws, cv2.resize(noise, (ws, hs), interpolation=cv2.INTER_AREA))
+    small, horizon, kind = _background_small(rng, hs, ws, cv2.resize(noise, (ws, hs), interpolation=cv2.INTER_AREA),
+                                              domain)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), horizon * h / hs, kind
 
 
-def _background_small(rng: np.random.Generator, h: int, w: int, noise: np.ndarray) -> tuple[np.ndarray, float, str]:
-    """The background at the size given: sky/road, city, nature, studio or abstract."""
-    kind = str(rng.choice(["street", "city", "nature", "studio", "abstract"], p=[0.3, 0.25, 0.15, 0.15, 0.15]))
+def _background_small(rng: np.random.Generator, h: int, w: int, noise: np.ndarray,
+                      domain: str | None = None) -> tuple[np.ndarray, float, str]:
+    """The background at the size given: sky/road, city, nature, studio or abstract (a domain's family only)."""
+    kinds = DOMAINS[domain] if domain else tuple(_KIND_P)
+    p = [_KIND_P[k] for k in kinds]
+    kind = str(rng.choice(list(kinds), p=[v / sum(p) for v in p] if domain else p))
     yy = (np.arange(h, dtype=np.float32) / h)[:, None, None]
     xx = (np.arange(w, dtype=np.float32) / w)[None, :, None]
     horizon = float(rng.uniform(0.3, 0.6)) * h
@@ -832,11 +842,25 @@ class _CarPainter:
 # ----------------------------------------------------------------------------- one image
 
 
-def _render_image(rng: np.random.Generator, width: int,
-                  height: int) -> tuple[np.ndarray, np.ndarray, list[_Instance], dict]:
+def _domain_look(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
+    """Domain "b"'s camera: a strong colour cast (hue rotated 40–140° about the grey axis), lower contrast and
+    heavier sensor grain, on the whole float image (cars included): textures the "a" domain never shows."""
+    angle = np.deg2rad(rng.uniform(40, 140)) * (1 if rng.random() < 0.5 else -1)
+    c, s, k = np.cos(angle), np.sin(angle), 1 / np.sqrt(3)
+    axis = np.array([k, k, k])
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = c * np.eye(3) + s * cross + (1 - c) * np.outer(axis, axis)
+    out = rgb @ rot.T.astype(np.float32)
+    mean = out.mean(axis=(0, 1), keepdims=True)
+    out = mean + (out - mean) * rng.uniform(0.55, 0.8)
+    return out + (rng.random(out.shape[:2] + (1,), dtype=np.float32) - 0.5) * 0.12
+
+
+def _render_image(rng: np.random.Generator, width: int, height: int,
+                  domain: str | None = None) -> tuple[np.ndarray, np.ndarray, list[_Instance], dict]:
     """Draw one scene; returns (uint8 RGB, owner map, part instances, scene facts)."""
     noise = _fractal_noise(rng, height, width)
-    bg, horizon, bg_kind = _background(rng, height, width, noise)
+    bg, horizon, bg_kind = _background(rng, height, width, noise, domain)
     canvas = _Canvas(bg)
     n_cars = int(rng.choice([1, 2, 3], p=[0.5, 0.32, 0.18]))
     cars = []
@@ -868,7 +892,8 @@ def _render_image(rng: np.random.Generator, width: int,
         views.append("three_quarter" if depth != (0.0, 0.0) else "side")
         _CarPainter(canvas, rng, spec, ox, gy, scale, left, k, noise, depth).draw()
     grain = (rng.random((height, width, 1), dtype=np.float32) - 0.5) * 0.045
-    rgb = np.clip((canvas.rgb + grain) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    look = _domain_look(rng, canvas.rgb) if domain == "b" else canvas.rgb
+    rgb = np.clip((look + grain) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     facts = {"background": bg_kind, "cars": [{"kind": c[0], "facing": "left" if c[4] else "right", "view": view}
                                            for c, view in zip(cars, views)]}
     return rgb, canvas.owner, canvas.instances, facts
@@ -885,12 +910,17 @@ def _remove_stale_images(images_dir: Path) -> None:
             p.unlink()
 
 
-def generate(out_dir: str | Path, n_images: int, seed: int, width: int = 512, height: int = 384) -> SynthDataset:
+def generate(out_dir: str | Path, n_images: int, seed: int, width: int = 512, height: int = 384,
+             domain: str | None = None) -> SynthDataset:
     """Write ``n_images`` synthetic car-part images and their COCO files under ``out_dir``.
 
     Image ``k`` is drawn from ``numpy.random.default_rng([seed, k])``, so the same seed
-    gives byte-identical files and a larger ``n_images`` only appends images.
+    gives byte-identical files and a larger ``n_images`` only appends images. ``domain`` (``"a"`` or
+    ``"b"``, :data:`DOMAINS`) draws every image from one family of backgrounds and camera looks, for
+    domain-shift experiments: train on ``a``, test on ``b`` (None: all families, the default mix).
     """
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(DOMAINS)} (or None), got {domain!r}")
     if n_images < 0:
         raise ValueError(f"n_images must be >= 0, got {n_images}")
     if width < 16 or height < 16:
@@ -905,7 +935,7 @@ def generate(out_dir: str | Path, n_images: int, seed: int, width: int = 512, he
     for k in range(n_images):
         rng = np.random.default_rng([seed, k])
         image_id = k + 1
-        rgb, owner, instances, facts = _render_image(rng, width, height)
+        rgb, owner, instances, facts = _render_image(rng, width, height, domain)
         as_png = rng.integers(0, PNG_EVERY) == 0
         rle_parts = {"wheel"} if rng.random() < 0.3 else set()
         if rng.random() < 0.15:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,8 @@ import torch
 
 from nstray import storage
 from nstray.data.images import DEFAULT_MAX_PIXELS
+from nstray.train import ray_run
+from nstray.train.ray_run import TrainConfigError, TrainingError
 from nstray.train.style_training import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LOSS_TERMS
 
 __all__ = [
@@ -60,15 +61,6 @@ STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 STATE_FORMAT = "nstray.train-state"
 _DEFAULT_LR = {"johnson": 1e-3, "cin": 1e-2}
-_CHECKPOINT_DIR = re.compile(r"(?:^|/)checkpoint_(\d+)/" + re.escape(STATE_FILE) + "$")
-
-
-class TrainConfigError(ValueError):
-    """Invalid training settings; the message lists every problem."""
-
-
-class TrainingError(RuntimeError):
-    """The training run failed or cannot start (existing run, unreadable style image, worker error)."""
 
 
 def _slug(text: str) -> str:
@@ -138,14 +130,12 @@ class TrainConfig:
         """Check every setting; raises :class:`TrainConfigError` naming each bad one."""
         from nstray.models.vgg import ARCHS, layer_names
 
-        problems: list[str] = []
+        problems = ray_run.setting_problems(self, {
+            "steps": 1, "batch_size": 1, "workers": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+            "johnson_channels": 1, "johnson_res_blocks": 0, "loader_workers": 0, "max_failures": 0, "warmup_steps": 0,
+        }, ("style_image", "data", "out"))
         if self.mode not in MODES:
             problems.append(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
-        for key, low in (("steps", 1), ("batch_size", 1), ("workers", 1), ("checkpoint_every", 1),
-                         ("keep_checkpoints", 1), ("johnson_channels", 1), ("johnson_res_blocks", 0),
-                         ("loader_workers", 0), ("max_failures", 0), ("warmup_steps", 0)):
-            if int(getattr(self, key)) < low:
-                problems.append(f"{key}: must be >= {low}, got {getattr(self, key)}")
         if self.size < 16:
             problems.append(f"size: training crops need at least 16 px, got {self.size}")
         if self.style_size is not None and self.style_size < 16:
@@ -172,9 +162,6 @@ class TrainConfig:
                 problems.append("content_layers: give at least one layer (or content_weight 0)")
         if self.mode == "cin" and self.cin_init_style is not None and self.cin_init_style < 0:
             problems.append(f"cin_init_style: must be >= 0, got {self.cin_init_style}")
-        for key in ("style_image", "data", "out"):
-            if not str(getattr(self, key)).strip():
-                problems.append(f"{key}: empty")
         if problems:
             raise TrainConfigError("invalid training settings:\n  " + "\n  ".join(problems))
         return self
@@ -216,24 +203,7 @@ def plan_snippet(model_uri: str, style_name: str = "my_style") -> str:
 
 def latest_checkpoint(run_uri: str) -> tuple[int, str] | None:
     """``(step, URI of its state.pt)`` of the newest checkpoint stored under ``run_uri``, or None."""
-    best: tuple[int, str] | None = None
-    for uri in storage.list_files(run_uri):
-        m = _CHECKPOINT_DIR.search(uri)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), uri)
-    return best
-
-
-def _load_state(data: bytes | str | Path, label: str) -> dict[str, Any]:
-    from nstray.weights import WeightsLoadError, load_checkpoint
-
-    try:
-        state = load_checkpoint(io.BytesIO(data) if isinstance(data, bytes) else data, f"the training state {label}")
-    except WeightsLoadError as exc:
-        raise TrainingError(str(exc)) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainingError(f"{label} is not an nstray training state")
-    return state
+    return ray_run.latest_checkpoint(run_uri, STATE_FILE)
 
 
 # ---------------------------------------------------------------- on the workers
@@ -321,31 +291,10 @@ def _deployable(cfg: TrainConfig, model: torch.nn.Module, base: dict[str, Any], 
 def _publish(cfg: TrainConfig, model_bytes: bytes, history: list[dict]) -> None:
     """Write the latest deployable checkpoint and the loss curves beside the run's checkpoints (atomic writes)."""
     from nstray.plots import render_loss_plot
-    from nstray.train.curves import history_csv, history_json
 
-    run = cfg.run_uri
-    storage.write_bytes(storage.join(run, MODEL_FILE), model_bytes)
-    storage.write_bytes(storage.join(run, "losses.csv"), history_csv(history).encode())
-    storage.write_bytes(storage.join(run, "losses.json"),
-                        history_json(history, mode=cfg.mode, style_image=cfg.style_image, run=run).encode())
-    storage.write_bytes(storage.join(run, "losses.png"),
-                        render_loss_plot(history, f"{cfg.run_name} ({cfg.mode})"))
-
-
-def _restore(loop_config: dict) -> dict[str, Any] | None:
-    """The training state to resume from: Ray's latest checkpoint, else the newest one found in storage."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        print(f"resuming from Ray Train's latest checkpoint {ckpt.path}", flush=True)
-        with ckpt.as_directory() as d:
-            return _load_state(Path(d) / STATE_FILE, f"{ckpt.path}/{STATE_FILE}")
-    uri = loop_config.get("resume_uri")
-    if uri:
-        print(f"resuming from {uri} (no checkpoint in Ray Train's run snapshot)", flush=True)
-        return _load_state(storage.read_bytes(uri), uri)
-    return None
+    storage.write_bytes(storage.join(cfg.run_uri, MODEL_FILE), model_bytes)
+    ray_run.publish_curves(cfg.run_uri, history, {"losses.png": render_loss_plot(history, f"{cfg.run_name} ({cfg.mode})")},
+                           mode=cfg.mode, style_image=cfg.style_image)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -361,11 +310,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     cfg = TrainConfig(**loop_config["config"])
     uris: list[str] = loop_config["images"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    rank, world, device = ray_run.worker_setup(cfg.cpus_per_worker)
 
     torch.manual_seed(cfg.seed)  # same random-init encoder/network on every worker and every resume
     layers = list(dict.fromkeys([*cfg.content_layers, *cfg.style_layers]))
@@ -375,7 +320,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                              style_weight=cfg.style_weight, tv_weight=cfg.tv_weight).to(device)
     model, base = _build_model(cfg)
 
-    state = _restore(loop_config)
+    state = ray_run.restore(loop_config, STATE_FILE, STATE_FORMAT)
     start, history = 0, []
     if state is not None:
         if state.get("mode") != cfg.mode:
@@ -419,11 +364,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             torch.save(deployable, model_buf)
             train_state = {"format": STATE_FORMAT, "version": 1, "mode": cfg.mode, "step": done,
                            "model": trainable_state(net), "optimizer": optimizer.state_dict(), "history": history}
-            with tempfile.TemporaryDirectory(prefix="nstray-ckpt-") as d:
-                torch.save(train_state, Path(d) / STATE_FILE)
-                (Path(d) / MODEL_FILE).write_bytes(model_buf.getvalue())
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                                 checkpoint_dir_name=f"checkpoint_{done:07d}")
+            ray_run.report_checkpoint(metrics, {STATE_FILE: train_state, MODEL_FILE: model_buf.getvalue()}, done)
             _publish(cfg, model_buf.getvalue(), history)
             print(f"step {done}/{cfg.steps}: loss {row['total']:.4g} (content {row['content']:.4g}, style "
                   f"{row['style']:.4g}, tv {row['tv']:.4g}), {metrics['images_per_s']:.1f} images/s; "
@@ -436,43 +377,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
 # ---------------------------------------------------------------- on the driver
 
 
-def _check_resources(cfg: TrainConfig, notify: Callable[[str], None]) -> None:
-    import ray
-
-    have = ray.cluster_resources()
-    need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * cfg.gpus_per_worker
-    if have.get("CPU", 0) < need_cpu or have.get("GPU", 0) < need_gpu:
-        notify(f"note: {cfg.workers} worker(s) need {need_cpu:g} CPU / {need_gpu:g} GPU; the cluster has "
-               f"{have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU now: waiting for the autoscaler "
-               "(on a fixed cluster lower --workers / --gpus-per-worker)")
-
-
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """The config with local paths made absolute: Ray workers run in other working directories."""
     import dataclasses
-    import os
 
-    def fix(uri: str | None) -> str | None:
-        if uri is None or storage.is_s3(uri):
-            return uri
-        return os.path.abspath(os.path.expanduser(storage.parse(uri).path))
-
-    changes = {k: fix(getattr(cfg, k)) for k in ("style_image", "data", "images", "out")}
+    changes = {k: ray_run.absolute_uri(getattr(cfg, k)) for k in ("style_image", "data", "images", "out")}
     weights = cfg.vgg_weights
     if weights is not None and not storage.is_s3(weights) and "://" not in weights and Path(weights).expanduser().is_file():
-        changes["vgg_weights"] = fix(weights)
+        changes["vgg_weights"] = ray_run.absolute_uri(weights)
     return dataclasses.replace(cfg, **changes)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The first worker's error (Ray wraps it), else the controller's, else the error itself, as one line."""
-    failures = getattr(exc, "worker_failures", None)
-    if failures:
-        rank, err = sorted(failures.items())[0]
-        cause = getattr(err, "cause", None) or err
-        return f"worker {rank}: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    inner = getattr(exc, "controller_failure", None)
-    return f"{type(inner or exc).__name__}: {inner or exc}"
 
 
 def train_style(
@@ -512,38 +425,16 @@ def train_style(
             return summary
         say(f"resuming {run} from step {previous[0]}")
 
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    if not ray.is_initialized():
-        ray.init(address=address)
-    _check_resources(cfg, say)
-    fs, fs_path = storage.pyarrow_filesystem(cfg.out)
-    resources = {"CPU": float(cfg.cpus_per_worker)}
-    if cfg.gpus_per_worker > 0:
-        resources["GPU"] = float(cfg.gpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": asdict(cfg), "images": uris, "resume_uri": previous[1] if previous else None},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=cfg.run_name, storage_path=fs_path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
     say(f"training {cfg.mode} style from {cfg.style_image} on {len(uris)} image(s) with {cfg.workers} worker(s) "
         f"-> {run}")
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        raise TrainingError(f"training failed: {_root_cause(exc)}") from exc
-    if result.error is not None:
-        raise TrainingError(f"training failed: {_root_cause(result.error)}")
+    summary.metrics = ray_run.fit(
+        train_loop_per_worker,
+        {"config": asdict(cfg), "images": uris, "resume_uri": previous[1] if previous else None},
+        out=cfg.out, name=cfg.run_name, workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker,
+        gpus_per_worker=cfg.gpus_per_worker, keep_checkpoints=cfg.keep_checkpoints, max_failures=cfg.max_failures,
+        address=address, notify=say,
+    )
     latest = latest_checkpoint(run)
     summary.step = latest[0] if latest else summary.step
     summary.checkpoint = latest[1].rsplit("/", 1)[0] if latest else None
-    summary.metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     return summary
