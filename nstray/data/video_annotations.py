@@ -160,6 +160,14 @@ def _annotations(doc: dict) -> list[dict]:
                   key=lambda a: a["id"] if _is_int(a.get("id")) else -1)
 
 
+def _unknown_category(a: dict, cats: dict[Any, str], video_id: Any, where: str) -> VideoProblem | None:
+    """The problem of an annotation whose category is not listed, or None."""
+    if a.get("category_id") in cats:
+        return None
+    return VideoProblem(video_id, a.get("id"), f"{where}unknown category_id {a.get('category_id')!r}",
+                        "use an id listed in 'categories'")
+
+
 def _check_segmentation(seg: Any, h: int, w: int) -> str | None:
     """Why ``seg`` (one frame's) is unusable, or None."""
     if seg is None:
@@ -228,9 +236,8 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
                                          "point video_id at an entry of 'videos' (or fix that video's entry)"))
             continue
         video = videos[vid]
-        if a.get("category_id") not in cats:
-            problems.append(VideoProblem(vid, aid, f"unknown category_id {a.get('category_id')!r}",
-                                         "use an id listed in 'categories'"))
+        if (bad := _unknown_category(a, cats, vid, "")) is not None:
+            problems.append(bad)
             continue
         segs, boxes = a.get("segmentations"), a.get("bboxes")
         if segs is None and isinstance(boxes, list):
@@ -336,9 +343,8 @@ def parse_coco_frames(doc: Any, source: str = "<video annotations>", frames: int
             continue
         vid, fid = frame_of[iid]
         video = videos[vid]
-        if a.get("category_id") not in cats:
-            problems.append(VideoProblem(vid, aid, f"frame {fid}: unknown category_id {a.get('category_id')!r}",
-                                         "use an id listed in 'categories'"))
+        if (bad := _unknown_category(a, cats, vid, f"frame {fid}: ")) is not None:
+            problems.append(bad)
             continue
         seg, box = a.get("segmentation"), a.get("bbox")
         seg = None if seg == [] else seg
