@@ -79,6 +79,22 @@ def test_coco_with_frames_as_images_from_the_cli(tmp_path, plan):
     assert "body" in json.loads(r.output[r.output.index("{"):])["styled"]["parts"]
 
 
+def test_a_folder_of_frames_with_coco_frames_annotations(tmp_path, plan):
+    """IN may be a folder of frames (natural order, --fps): styled by parts, frame count and rate as given."""
+    from nstray.data.synth_video import generate_video
+
+    v = generate_video(tmp_path / "v", 4, seed=1, width=96, height=64, write_frames=True)
+    (tmp_path / "coco.json").write_text(json.dumps(coco_frames(json.loads(v.annotations.read_text()))))
+    r = _run("video", tmp_path / "v" / "frames", "--out", tmp_path / "o.mp4", "--plan", plan, "--annotations",
+             tmp_path / "coco.json", "--fps", "12", "--stabilize", "none")
+    assert r.exit_code == 0, r.output
+    info = probe(tmp_path / "o.mp4")
+    assert info.frames == 4 and info.fps == 12 and (info.width, info.height) == (96, 64)
+    (tmp_path / "empty").mkdir()
+    r = _run("video", tmp_path / "empty", "--out", tmp_path / "x.mp4", "--plan", plan)
+    assert r.exit_code == 1 and "a folder with no frame images" in r.output
+
+
 def test_unlabeled_video_whole_frame_and_errors(tmp_path, plan):
     src = write_video(tmp_path / "in.mp4", moving_frames(5, w=64, h=48))
     r = _run("video", src, "--out", tmp_path / "o.mp4", "--plan", plan, "--max-frames", "3")

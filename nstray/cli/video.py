@@ -82,6 +82,8 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
               help="Also write a GIF preview (at most 30 frames, 240 px wide per panel).")
 @click.option("--size", type=click.IntRange(min=16), default=None, help="Longest side in px to style at (downscale).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower = better).")
+@click.option("--fps", type=click.FloatRange(min=0.01), default=25.0, show_default=True,
+              help="Frame rate when IN is a folder of frames (a video file keeps its own).")
 @click.option("--metrics", "with_metrics", is_flag=True,
               help="Measure the warping error of naive vs stabilized output (slower: an extra flow per frame).")
 @click.option("--no-reconcile", is_flag=True, help="Use each frame's own masks as given (no temporal reconciliation).")
@@ -91,16 +93,17 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
               help=f"{DEVICE_HELP} (falls back to cpu with a warning).")
 def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str | None, video_id: int | None,
               keyframes_every: int | None, stabilize: str, strength: float, side_by_side: bool,
-              max_frames: int | None, gif_path: str | None, size: int | None, crf: int, with_metrics: bool,
+              max_frames: int | None, gif_path: str | None, size: int | None, crf: int, fps: float, with_metrics: bool,
               no_reconcile: bool, variant: int, seed: int, device: str) -> None:
-    """Style the video IN by parts (plan) into --out, stabilized along optical flow; audio kept."""
+    """Style the video IN (a video file, or a folder of frames played at --fps) by parts (plan) into --out,
+    stabilized along optical flow; audio kept."""
     import numpy as np
     from tqdm import tqdm
 
     from nstray.data.masksource import MaskSourceError
     from nstray.plan import BACKGROUND, PlanError, load_plan
     from nstray.stylize.parts import PartStylizer, StylizeError
-    from nstray.video.io import VideoError, VideoReader, VideoWriter, write_gif
+    from nstray.video.io import VideoError, VideoWriter, open_video, write_gif
     from nstray.video.masks import MaskPropagationError
     from nstray.video.metrics import Meter
     from nstray.video.stabilize import Stabilizer
@@ -116,7 +119,7 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
         _fail(f"{plan_path}: without --annotations the whole frame is background, but the plan does not style "
               f"'background'; add e.g. 'background: {{style: NAME}}' under parts, or give --annotations")
     try:
-        reader = VideoReader(input_path, max_frames=max_frames, size=size)
+        reader = open_video(input_path, fps=fps, max_frames=max_frames, size=size)
     except VideoError as exc:
         _fail(str(exc))
     info = reader.info
@@ -213,7 +216,7 @@ def metrics_cmd(original: str, styled: str, naive: str | None, annotations: str 
     ORIGINAL), the same for ORIGINAL (the floor), style strength, SSIM to --naive, per part with --annotations."""
     from contextlib import ExitStack
 
-    from nstray.video.io import VideoError, VideoReader
+    from nstray.video.io import VideoError, open_video
     from nstray.video.metrics import Meter, MetricError
 
     masks, _ = _video_masks(annotations, video_id, None, original)
@@ -221,7 +224,7 @@ def metrics_cmd(original: str, styled: str, naive: str | None, annotations: str 
     meter = Meter(names, reference="naive" if naive else None, categories=masks.categories if masks else [])
     try:
         with ExitStack() as stack:
-            readers = {n: stack.enter_context(VideoReader(p, max_frames=max_frames))
+            readers = {n: stack.enter_context(open_video(p, max_frames=max_frames))
                        for n, p in (("original", original), ("styled", styled), ("naive", naive)) if p}
             sizes = {n: (r.info.width, r.info.height) for n, r in readers.items()}
             if len(set(sizes.values())) != 1:
