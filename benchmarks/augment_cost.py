@@ -29,7 +29,7 @@ from nstray.assets import load_plan_assets  # noqa: E402
 from nstray.augment import PartStyle  # noqa: E402
 from nstray.data import synth  # noqa: E402
 from nstray.data.coco import load_coco, read_records  # noqa: E402
-from nstray.masks import label_map  # noqa: E402
+from nstray.data.masksource import CocoParts  # noqa: E402
 from nstray.plan import load_plan  # noqa: E402
 
 
@@ -43,10 +43,10 @@ def samples(n: int, size: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
         out = []
         for rec in read_records(coco, str(ds.images_dir))[0]:
             img = torch.from_numpy(np.array(Image.open(rec.uri).convert("RGB"))).permute(2, 0, 1).contiguous()
-            lm = label_map(rec.parts, rec.height, rec.width)
+            parts = CocoParts().labels_at(rec, rec.height, rec.width)
             mask = torch.zeros(rec.height, rec.width, dtype=torch.int64)
-            for k, part in enumerate(rec.parts):
-                mask[torch.from_numpy(lm == k)] = names.index(part.category)
+            for k, category in enumerate(parts.categories):
+                mask[torch.from_numpy(parts.label_map == k)] = names.index(category)
             out.append((img, mask))
     return out, names
 

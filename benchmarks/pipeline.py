@@ -131,8 +131,9 @@ def bare_loop(annotations: str, images: str, plan_path: str, out: str, variants:
     if threads:
         torch.set_num_threads(threads)
 
-    from nstray import masks, storage
+    from nstray import storage
     from nstray.data.coco import load_coco, read_records
+    from nstray.data.masksource import CocoParts
     from nstray.data.images import decode_image
     from nstray.pipeline.stages import encode_image, output_key
     from nstray.plan import load_plan
@@ -147,10 +148,9 @@ def bare_loop(annotations: str, images: str, plan_path: str, out: str, variants:
     load_s = time.perf_counter() - t0
     for rec in records:
         image = decode_image(storage.read_bytes(rec.uri), name=rec.file_name)
-        labels = masks.label_map(rec.parts, rec.height, rec.width, plan.overlaps)
-        cats = [p.category for p in rec.parts]
+        parts = CocoParts(plan.overlaps).labels(rec, image)
         for v in range(variants):
-            res = stylizer(image, labels, cats, variant=v, seed=0, key=rec.image_id)
+            res = stylizer(image, parts.label_map, parts.categories, variant=v, seed=0, key=rec.image_id)
             storage.write_bytes(storage.join(out, output_key(rec.image_id, v, fmt)), encode_image(res.image, fmt))
     if stylizer.device.type == "cuda":
         torch.cuda.synchronize()

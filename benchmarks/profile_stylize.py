@@ -24,8 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nstray import masks, storage  # noqa: E402
+from nstray import storage  # noqa: E402
 from nstray.data.coco import load_coco, read_records  # noqa: E402
+from nstray.data.masksource import CocoParts  # noqa: E402
 from nstray.data.images import decode_image  # noqa: E402
 from nstray.data.synth import generate  # noqa: E402
 from nstray.plan import load_plan  # noqa: E402
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     images, labels, cats = [], [], []
     for r in records:
         images.append(decode_image(storage.read_bytes(r.uri), name=r.file_name))
-        labels.append(masks.label_map(r.parts, r.height, r.width, plan.overlaps))
-        cats.append([q.category for q in r.parts])
+        parts = CocoParts(plan.overlaps).labels(r, images[-1])
+        labels.append(parts.label_map)
+        cats.append(parts.categories)
     stylizer = PartStylizer(plan, device=args.device, assets=load_plan_assets(plan))
     keys = [r.image_id for r in records]
 

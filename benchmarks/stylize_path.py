@@ -27,9 +27,10 @@ import nstray  # noqa: E402,F401  (first: its process settings apply before torc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nstray import masks, storage  # noqa: E402
+from nstray import storage  # noqa: E402
 from nstray.assets import load_plan_assets  # noqa: E402
 from nstray.data.coco import load_coco, read_records  # noqa: E402
+from nstray.data.masksource import CocoParts  # noqa: E402
 from nstray.data.images import decode_image  # noqa: E402
 from nstray.data.synth import generate  # noqa: E402
 from nstray.plan import load_plan  # noqa: E402
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     images, labels, cats = [], [], []
     for r in records:
         images.append(decode_image(storage.read_bytes(r.uri), name=r.file_name))
-        labels.append(masks.label_map(r.parts, r.height, r.width, plan.overlaps))
-        cats.append([q.category for q in r.parts])
+        parts = CocoParts(plan.overlaps).labels(r, images[-1])
+        labels.append(parts.label_map)
+        cats.append(parts.categories)
 
     def batch(b: int):
         idx = [i % len(images) for i in range(b)]

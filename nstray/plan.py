@@ -27,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,6 +43,7 @@ __all__ = [
     "FeedforwardSpec",
     "StyleSpec",
     "PartSpec",
+    "PartChoice",
     "Edges",
     "Plan",
     "NONE",
@@ -173,6 +175,19 @@ class PartSpec(_Model):
         return [self.style] if isinstance(self.style, str) else list(self.style)
 
 
+class PartChoice(NamedTuple):
+    """One part's (or the background's) resolved style: ``spec`` is None when the plan leaves it untouched."""
+
+    category: str
+    style: str
+    spec: PartSpec | None
+
+    @property
+    def styled(self) -> bool:
+        """Whether the plan styles it in this draw (a style other than ``none``; strength 0 counts as styled)."""
+        return self.style != NONE and self.spec is not None
+
+
 class Edges(_Model):
     """``feather_px``: width of the soft edge, inside each part (0 = hard edges)."""
 
@@ -210,6 +225,20 @@ class Plan(_Model):
             return choices[0]
         digest = hashlib.blake2b(f"{seed}\x1f{key}\x1f{variant}\x1f{category}".encode(), digest_size=8).digest()
         return choices[int.from_bytes(digest, "big") % len(choices)]
+
+    def resolve(self, categories: Sequence[str], variant: int = 0, seed: int = 0,
+                key: str | int = "") -> list[PartChoice]:
+        """Plan → parts: the background (label −1) first, then part ``k`` (label ``k``), each with its drawn style.
+
+        The one place where a record's parts meet the plan (the stylizer and ``nstray optimize`` both
+        build their regions from it); a category drawn twice gets the same style (see :meth:`choose`).
+        """
+        return [PartChoice(c, self.choose(c, variant, seed, key), self.spec_for(c)) for c in (BACKGROUND, *categories)]
+
+    def may_style(self, category: str) -> bool:
+        """Whether some draw gives ``category`` a style (a list may hold ``none`` and styles)."""
+        spec = self.spec_for(category)
+        return spec is not None and any(c != NONE for c in spec.choices())
 
     def used_styles(self) -> set[str]:
         """Style names (from the bank) that some part, the background or the default may take."""

@@ -76,10 +76,29 @@ def test_stylize_with_label_png_matches_coco(scene):
     assert np.array_equal(a[masks == 0], src[masks == 0]) and not np.array_equal(a[masks == 1], src[masks == 1])
 
 
+def test_stylize_without_masks_styles_the_whole_image_by_background(scene):
+    """No --coco / --masks: every pixel is background (WholeFrame), styled by the plan's background entry."""
+    (scene / "bg.yaml").write_text("styles:\n  a: {kind: multistyle, index: 1}\nparts:\n  background: {style: a}\n")
+    r = _run("stylize", scene / "car.png", "--out", scene / "bg.png", "--plan", scene / "bg.yaml")
+    assert r.exit_code == 0, r.output
+    src = np.asarray(Image.open(scene / "car.png")).astype(int)
+    out = np.asarray(Image.open(scene / "bg.png")).astype(int)
+    assert out.shape == src.shape
+    assert (np.abs(out - src).sum(-1) > 0).mean() > 0.95  # every region changed, not only parts
+    # the same as a label PNG that is all background (value 0): one code path, one result
+    Image.fromarray(np.zeros((H, W), np.uint8), mode="L").save(scene / "zero.png")
+    assert _run("stylize", scene / "car.png", "--out", scene / "bg0.png", "--plan", scene / "bg.yaml",
+                "--masks", scene / "zero.png", "--categories", "hood").exit_code == 0
+    assert np.array_equal(out, np.asarray(Image.open(scene / "bg0.png")))
+
+
 def test_stylize_errors_name_the_problem(scene):
     base = ["stylize", scene / "car.png", "--out", scene / "o.png"]
     r = CliRunner().invoke(main, [str(a) for a in base + ["--plan", scene / "plan.yaml"]])
-    assert r.exit_code == 2 and "--coco ANNOTATIONS --image-id ID, or --masks" in r.output
+    assert r.exit_code == 1 and "does not style 'background'" in r.output
+    assert "--coco ANNOTATIONS --image-id ID, or --masks" in r.output
+    r = CliRunner().invoke(main, [str(a) for a in base + ["--plan", scene / "plan.yaml", "--image-id", 7]])
+    assert r.exit_code == 2 and "--image-id goes with --coco" in r.output
     r = CliRunner().invoke(main, [str(a) for a in base + ["--plan", scene / "plan.yaml", "--coco", scene / "coco.json", "--image-id", 99]])
     assert r.exit_code == 1 and "no image with id 99" in r.output and "valid ids: 7" in r.output
     (scene / "typo.yaml").write_text("styles:\n  a: {kind: multistyle, index: 1}\nparts:\n  hoood: {style: a}\n")

@@ -155,6 +155,20 @@ def test_choose_is_deterministic_stable_and_samples_every_choice():
     assert out.stdout.strip().split(",") == draws
 
 
+def test_resolve_is_background_first_then_each_part_as_choose_draws_it():
+    plan = load_plan({"styles": {"a": {"kind": "multistyle", "index": 1}, "b": {"kind": "multistyle", "index": 2}},
+                      "parts": {"door": {"style": ["a", "b"], "strength": 0.0}, "hood": {"style": None}},
+                      "default": {"style": "b"}})
+    for v in range(8):
+        got = plan.resolve(["door", "hood", "mirror", "door"], variant=v, seed=3, key=11)
+        assert [c.category for c in got] == ["background", "door", "hood", "mirror", "door"]
+        assert [c.style for c in got] == [plan.choose(c.category, v, 3, 11) for c in got]
+        assert [c.styled for c in got] == [False, True, False, True, True]  # strength 0 is still "styled"
+        assert got[1].spec is plan.spec_for("door") and got[0].spec is None
+    assert plan.may_style("door") and plan.may_style("mirror") and not plan.may_style("hood")
+    assert not plan.may_style("background")
+
+
 def test_validation_does_not_import_torch():
     """Loading a plan (builtin style names and indices included) stays torch-free: the job driver pays no torch import."""
     code = ("import sys,yaml; from nstray.plan import load_plan, style_names; p=load_plan(yaml.safe_load(sys.stdin.read()));"

@@ -7,7 +7,7 @@ import json
 import av
 import pytest
 from click.testing import CliRunner
-from videofixtures import VIDEOS, moving_frames, write_video
+from videofixtures import VIDEOS, coco_frames, moving_frames, write_video
 
 from nstray.cli import main
 from nstray.video.io import probe
@@ -61,6 +61,40 @@ def test_keyframe_propagation_from_the_cli(tmp_path, plan):
     assert probe(tmp_path / "o.mp4").frames == 6
 
 
+def test_coco_with_frames_as_images_from_the_cli(tmp_path, plan):
+    """COCO whose images are frames (video_id / frame_id) styles by parts; a bad frame is named and left out."""
+    _run("datasets", "synth", tmp_path / "v", "--video", "--frames", "4", "--width", "96", "--height", "64")
+    doc = coco_frames(json.loads((tmp_path / "v" / "annotations.json").read_text()))
+    doc["images"].append({"id": 5000, "video_id": 1, "frame_id": 12, "file_name": "f12.jpg", "width": 96, "height": 64})
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, [str(a) for a in ("video", tmp_path / "v" / "video.mp4", "--out", tmp_path / "o.mp4",
+                                                   "--plan", plan, "--annotations", tmp_path / "coco.json",
+                                                   "--stabilize", "none", "--metrics")])
+    assert r.exit_code == 0, r.output
+    assert "frame index 12 is out of range: the video has 4 frames" in r.output and "(left out)" in r.output
+    assert probe(tmp_path / "o.mp4").frames == 4
+    r = _run("video", "metrics", tmp_path / "v" / "video.mp4", tmp_path / "o.mp4", "--json",
+             "--annotations", tmp_path / "coco.json")
+    assert r.exit_code == 0, r.output
+    assert "body" in json.loads(r.output[r.output.index("{"):])["styled"]["parts"]
+
+
+def test_a_folder_of_frames_with_coco_frames_annotations(tmp_path, plan):
+    """IN may be a folder of frames (natural order, --fps): styled by parts, frame count and rate as given."""
+    from nstray.data.synth_video import generate_video
+
+    v = generate_video(tmp_path / "v", 4, seed=1, width=96, height=64, write_frames=True)
+    (tmp_path / "coco.json").write_text(json.dumps(coco_frames(json.loads(v.annotations.read_text()))))
+    r = _run("video", tmp_path / "v" / "frames", "--out", tmp_path / "o.mp4", "--plan", plan, "--annotations",
+             tmp_path / "coco.json", "--fps", "12", "--stabilize", "none")
+    assert r.exit_code == 0, r.output
+    info = probe(tmp_path / "o.mp4")
+    assert info.frames == 4 and info.fps == 12 and (info.width, info.height) == (96, 64)
+    (tmp_path / "empty").mkdir()
+    r = _run("video", tmp_path / "empty", "--out", tmp_path / "x.mp4", "--plan", plan)
+    assert r.exit_code == 1 and "a folder with no frame images" in r.output
+
+
 def test_unlabeled_video_whole_frame_and_errors(tmp_path, plan):
     src = write_video(tmp_path / "in.mp4", moving_frames(5, w=64, h=48))
     r = _run("video", src, "--out", tmp_path / "o.mp4", "--plan", plan, "--max-frames", "3")
@@ -72,6 +106,9 @@ def test_unlabeled_video_whole_frame_and_errors(tmp_path, plan):
     assert r.exit_code == 1 and "bad.mp4: not a video" in r.output and "Traceback" not in r.output
     r = _run("video", src, "--out", tmp_path / "x.mp4", "--plan", plan, "--keyframes-every", "2")
     assert r.exit_code == 1 and "--keyframes-every needs --annotations" in r.output
+    (tmp_path / "nobg.yaml").write_text("styles:\n  a: {kind: multistyle, index: 1}\nparts:\n  body: {style: a}\n")
+    r = _run("video", src, "--out", tmp_path / "x.mp4", "--plan", tmp_path / "nobg.yaml")
+    assert r.exit_code == 1 and "does not style 'background'" in r.output and not (tmp_path / "x.mp4").exists()
 
 
 @pytest.mark.skipif(not VIDEOS.is_dir(), reason="shared real videos absent")

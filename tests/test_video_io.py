@@ -149,3 +149,20 @@ def test_real_videos_decode_as_documented():
         if p.name in facts:
             i = probe(p)
             assert (i.width, i.height, i.frames, i.fps) == facts[p.name] and i.audio_codec == "aac"
+
+
+def test_a_folder_of_frames_reads_in_natural_order_and_checks_sizes(tmp_path):
+    from PIL import Image
+
+    from nstray.video.io import FrameFolderReader, open_video
+
+    for i in (1, 2, 10):
+        Image.fromarray(np.full((6, 8, 3), i, np.uint8)).save(tmp_path / f"f{i}.png")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    with open_video(tmp_path, fps=12.5) as rd:
+        got = [(f.index, f.pts, int(f.rgb[0, 0, 0])) for f in rd]
+    assert isinstance(rd, FrameFolderReader) and got == [(0, 0, 1), (1, 1, 2), (2, 2, 10)]
+    assert (rd.info.width, rd.info.height, rd.info.frames, rd.info.fps, rd.info.audio_codec) == (8, 6, 3, 12.5, None)
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / "f11.png")
+    with pytest.raises(VideoError, match=r"f11.png: 8x4 but the folder's first frame is 8x6"):
+        list(FrameFolderReader(tmp_path))

@@ -7,10 +7,12 @@ import json
 import cv2
 import numpy as np
 import pytest
+from videofixtures import coco_frames
 
 from nstray.data.masksource import CocoParts, MaskSourceError, WholeFrame
 from nstray.data.synth_video import generate_video, render_video
-from nstray.data.video_annotations import VideoMasks, load_video_annotations, parse_video_annotations
+from nstray.data.video_annotations import (VideoAnnotationError, VideoMasks, load_video_annotations, parse_coco_frames,
+                                           parse_video_annotations)
 from nstray.video.flow import FlowEstimator, reliable_mask
 from nstray.video.masks import Reconciler, mean_stability, propagate, propagate_stream, stability
 
@@ -131,3 +133,43 @@ def test_not_youtube_vis(tmp_path):
     p.write_text(json.dumps({"images": []}))
     with pytest.raises(VideoAnnotationError, match="no 'videos' list"):
         load_video_annotations(str(p))
+
+
+def test_coco_with_frames_as_images_gives_the_same_masks(tmp_path):
+    v = generate_video(tmp_path, 5, seed=2, width=96, height=64)
+    ytvis = json.loads(v.annotations.read_text())
+    (tmp_path / "coco.json").write_text(json.dumps(coco_frames(ytvis)))
+    ann = load_video_annotations(str(tmp_path / "coco.json"), frames=5)
+    assert not ann.problems
+    got, want = VideoMasks(ann.only()), VideoMasks(load_video_annotations(str(v.annotations)).only())
+    assert got.video.file_names == want.video.file_names
+    img = np.zeros((64, 96, 3), np.uint8)
+    for f in range(5):  # same tracks → same labels and categories on every frame
+        a, b = got.labels(f, img), want.labels(f, img)
+        names_a, names_b = np.array(a.categories + ["-"]), np.array(b.categories + ["-"])
+        assert np.array_equal(names_a[a.label_map], names_b[b.label_map])
+        ta = np.array([t.ann_id for t in got.video.tracks] + [-1])  # track identity: first annotation's id
+        tb = np.array([t.ann_id for t in want.video.tracks] + [-1])
+        pairs = set(zip(ta[a.label_map].ravel().tolist(), tb[b.label_map].ravel().tolist()))
+        assert len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})  # one-to-one: none merged
+
+
+def test_coco_frames_bad_records_are_named_and_the_rest_goes_on(tmp_path):
+    v = generate_video(tmp_path, 4, seed=1, width=96, height=64)
+    doc = coco_frames(json.loads(v.annotations.read_text()), with_track_ids=False)
+    doc["images"].append({"id": 9001, "video_id": 7, "frame_id": 0, "file_name": "x.jpg", "width": 96, "height": 64})
+    doc["images"].append({"id": 9002, "video_id": 1, "frame_id": 9, "file_name": "y.jpg", "width": 96, "height": 64})
+    rle = next(a for a in doc["annotations"] if isinstance(a["segmentation"], dict))
+    rle["segmentation"] = {**rle["segmentation"], "size": [32, 48]}
+    ann = parse_coco_frames(doc, "c.json", frames=4)
+    msgs = [str(p) for p in ann.problems]
+    assert any("video 7" in m and "unknown video id 7" in m and "listed in 'videos'" in m for m in msgs), msgs
+    assert any("frame index 9 is out of range: the video has 4 frames" in m and "fix:" in m for m in msgs), msgs
+    assert any(f"annotation {rle['id']}" in m and "RLE size [32, 48]" in m and "re-export" in m for m in msgs), msgs
+    assert len(msgs) == 3
+    rec = ann.only()
+    assert rec.length == 4 and rec.tracks and all(len(t.segmentations) == 4 for t in rec.tracks)
+    lab = VideoMasks(rec).labels(3, np.zeros((64, 96, 3), np.uint8))
+    assert (lab.label_map >= 0).any()
+    with pytest.raises(VideoAnnotationError, match="not COCO with frames as images"):
+        parse_coco_frames({"images": [{"id": 1}], "annotations": []}, "c.json")

@@ -30,3 +30,24 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
         for f in frames:
             wr.write(f)
     return path
+
+
+def coco_frames(ytvis: dict, with_track_ids: bool = True) -> dict:
+    """YouTube-VIS → COCO with frames as images (``video_id`` / ``frame_id``), as CVAT-like tools export."""
+    images, anns = [], []
+    for v in ytvis["videos"]:
+        for f, name in enumerate(v["file_names"]):
+            images.append({"id": v["id"] * 1000 + f, "video_id": v["id"], "frame_id": f, "file_name": name,
+                           "width": v["width"], "height": v["height"]})
+    for a in ytvis["annotations"]:
+        for f, (seg, box) in enumerate(zip(a["segmentations"], a["bboxes"])):
+            if seg is None and box is None:
+                continue
+            ann = {"id": len(anns) + 1, "image_id": a["video_id"] * 1000 + f, "category_id": a["category_id"],
+                   "segmentation": seg if seg is not None else [], "bbox": box, "iscrowd": 0}
+            if with_track_ids:
+                ann["attributes"] = {"track_id": a["id"]}
+            anns.append(ann)
+    return {"images": images, "annotations": anns, "categories": ytvis["categories"],
+            "videos": [{"id": v["id"]} for v in ytvis["videos"]]}
+

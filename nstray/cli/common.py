@@ -22,6 +22,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("nstray.data.images", "ImageDecodeError"),
     ("nstray.storage", "StorageError"),
     ("nstray.masks", "MaskError"),
+    ("nstray.data.masksource", "MaskSourceError"),
     ("nstray.weights", "WeightsNotFound"),
     ("nstray.weights", "WeightsChecksumError"),
     ("nstray.weights", "WeightsLoadError"),

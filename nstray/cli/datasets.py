@@ -127,14 +127,15 @@ def dataset_stats(records: Sequence[ImageRecord], order: str | Sequence[str] = "
     """
     import numpy as np
 
-    from nstray.masks import label_map
+    from nstray.data.masksource import CocoParts
 
     parts: dict[str, int] = {}
     box_only: dict[str, int] = {}
     cover_sum: dict[str, float] = {}
     total_cover = 0.0
+    source = CocoParts(order)
     for rec in records:
-        labels = label_map(rec.parts, rec.height, rec.width, order)
+        labels = source.labels_at(rec, rec.height, rec.width).label_map
         npix = float(rec.width * rec.height)
         total_cover += float((labels >= 0).sum()) / npix
         counts = np.bincount(labels.ravel() + 1, minlength=len(rec.parts) + 1)[1:]

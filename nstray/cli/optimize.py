@@ -74,7 +74,8 @@ def _tensor(image):
     return torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
-def _part_regions(plan, record, label_map, fallback, variant: int, seed: int, max_pixels: int | None = None):
+def _part_regions(plan, categories: list[str], key: int, label_map, fallback, variant: int, seed: int,
+                  max_pixels: int | None = None):
     """Regions of one image from the plan: (region label map, style per region, per-part info).
 
     Returns ``regions[H, W]`` (−1 = no style, else region index), the styles per region (blends of
@@ -83,11 +84,11 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int, ma
     """
     import numpy as np
 
-    from nstray.plan import BACKGROUND, NONE, ArbitrarySpec
+    from nstray.plan import NONE, ArbitrarySpec
     from nstray.assets import AssetError, load_style_image
 
-    cats = [p.category for p in record.parts] + [BACKGROUND]
-    chosen = [plan.choose(c, variant=variant, seed=seed, key=record.image_id) for c in cats]
+    background, *parts = plan.resolve(categories, variant, seed, key)
+    choices = [*parts, background]  # region label len(categories) = the background
     region_of: dict[str, int] = {}
     styles: list[list[tuple[object, float]]] = []
     unmapped: list[str] = []
@@ -101,7 +102,7 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int, ma
                 raise click.ClickException(str(exc)) from None
         return images[uri]
 
-    for cat, name in zip(cats, chosen):
+    for cat, name, _ in choices:
         if name == NONE or name in region_of:
             continue
         spec = plan.styles[name]
@@ -119,14 +120,13 @@ def _part_regions(plan, record, label_map, fallback, variant: int, seed: int, ma
             "these parts' styles have no style image to optimize toward: " + "; ".join(unmapped)
             + ". Give --style IMAGE for them, or map them to a `kind: arbitrary` style with an image."
         )
-    part_region = np.array([region_of.get(n, -1) for n in chosen], dtype=np.int64)  # last entry: background
-    lm = np.where(label_map < 0, len(record.parts), label_map)
+    part_region = np.array([region_of.get(c.style, -1) for c in choices], dtype=np.int64)  # last entry: background
+    lm = np.where(label_map < 0, len(categories), label_map)
     regions = part_region[lm].astype(np.int32)
     info = []
-    for cat, name in zip(cats, chosen):
-        spec = plan.spec_for(cat)
-        styled = name != NONE and spec is not None
-        info.append((name, spec.strength if styled else 0.0, bool(spec.preserve_color) if styled else False))
+    for c in choices:
+        spec = c.spec if c.styled else None
+        info.append((c.style, spec.strength if spec else 0.0, bool(spec.preserve_color) if spec else False))
     return regions, styles, info
 
 
@@ -225,33 +225,23 @@ def optimize(
     info = None
     label = None
     if per_part:
-        from nstray import masks as masks_mod
-        from nstray.data.coco import DatasetError, load_coco, read_records
+        from nstray.data.coco import DatasetError, load_coco
+        from nstray.data.masksource import CocoParts, MaskSourceError, coco_record
         from nstray.plan import PlanError, load_plan
 
         try:
             coco = load_coco(coco_uri)
-            records, errors = read_records(coco, str(Path(storage.parse(content).path).parent) if not storage.is_s3(content)
-                                           else content.rsplit("/", 1)[0], check_files=False, source=coco_uri)
             categories = [c["name"] for c in coco.get("categories", []) if isinstance(c, dict) and "name" in c]
             plan = load_plan(plan_uri, categories=categories)
         except (DatasetError, PlanError) as exc:
             raise click.ClickException(str(exc)) from None
-        record = next((r for r in records if r.image_id == image_id), None)
-        if record is None:
-            problems = [str(e) for e in errors if e.image_id == image_id]
-            raise click.ClickException(
-                f"image id {image_id}: " + ("; ".join(problems) if problems else f"not in {coco_uri}")
-            )
-        if (record.height, record.width) != (h, w):
-            raise click.ClickException(
-                f"{content} is {w}x{h} but image {image_id} in {coco_uri} is declared {record.width}x{record.height}: wrong image?"
-            )
         try:
-            label = masks_mod.label_map(record.parts, h, w, plan.overlaps)
-        except masks_mod.MaskError as exc:
-            raise click.ClickException(f"image {image_id}: {exc}") from None
-        regions, region_styles, info = _part_regions(plan, record, label, style_img, variant, seed, max_pixels)
+            parts = CocoParts(plan.overlaps).labels(coco_record(coco, coco_uri, image_id), image)
+        except MaskSourceError as exc:
+            raise click.ClickException(str(exc)) from None
+        label = parts.label_map
+        regions, region_styles, info = _part_regions(plan, parts.categories, image_id, label, style_img, variant, seed,
+                                                     max_pixels)
         feather = plan.edges.feather_px
         if not region_styles and reconstruct != "content":
             raise click.ClickException(f"the plan styles no part of image {image_id}: nothing to optimize")

@@ -1,6 +1,6 @@
 """``nstray stylize`` and ``nstray styles ...``: style one image by parts; browse the style bank.
 
-Part masks for ``nstray stylize`` come from one of:
+Part masks for ``nstray stylize`` come from one mask source (:mod:`nstray.data.masksource`):
 
 * ``--coco ANNOTATIONS --image-id ID``: the image's annotations in a COCO JSON (local or
   ``s3://``); overlaps follow the plan's ``overlaps`` rule.
@@ -9,11 +9,10 @@ Part masks for ``nstray stylize`` come from one of:
   Names for the ids come from ``--coco`` (its ``categories``), else ``--categories a,b,c``
   (``v = 1`` is ``a``), else the plan's ``parts`` in the order listed (``background`` skipped).
   All pixels of one value form one part.
+* neither: the whole image is ``background``, styled by the plan's ``background`` entry.
 """
 
 from __future__ import annotations
-
-import io
 
 import click
 
@@ -48,67 +47,6 @@ def _load_plan(path: str, categories: list[str] | None):
         return load_plan(path, categories=categories)
     except PlanError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
-
-
-def _coco_categories(coco: dict) -> dict[int, str]:
-    return {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
-
-
-def _labels_from_coco(coco: dict, coco_uri: str, image_id: int, height: int, width: int, order):
-    """(label map, part categories) of one COCO image; its declared size must match the image."""
-    from nstray.data.coco import read_records
-    from nstray.masks import MaskError, label_map
-
-    records, errors = read_records(coco, "", check_files=False, source=coco_uri)
-    record = next((r for r in records if r.image_id == image_id), None)
-    if record is None:
-        bad = [e for e in errors if e.image_id == image_id]
-        if bad:
-            raise click.ClickException(f"image id {image_id} in {coco_uri}: {bad[0].problem}; fix: {bad[0].fix}")
-        ids = [r.image_id for r in records]
-        shown = ", ".join(map(str, ids[:20])) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
-        raise click.ClickException(f"no image with id {image_id} in {coco_uri}; valid ids: {shown}")
-    if (record.height, record.width) != (height, width):
-        raise click.ClickException(
-            f"image id {image_id} is declared {record.width}x{record.height} in {coco_uri} but IMAGE is "
-            f"{width}x{height}: is it the right image?"
-        )
-    try:
-        labels = label_map(record.parts, height, width, order=order)
-    except MaskError as exc:
-        raise click.ClickException(f"image id {image_id}: {exc}") from None
-    return labels, [p.category for p in record.parts]
-
-
-def _labels_from_png(uri: str, names: dict[int, str], height: int, width: int):
-    """(label map, part categories) from a label PNG whose values are category ids."""
-    import numpy as np
-    from PIL import Image
-
-    from nstray import storage
-
-    try:
-        im = Image.open(io.BytesIO(storage.read_bytes(uri)))
-        im.load()
-    except (storage.StorageError, OSError) as exc:
-        raise click.ClickException(f"--masks {uri}: cannot read it: {exc}") from None
-    if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-        raise click.ClickException(
-            f"--masks {uri}: a {im.mode} image; the masks must be a single-channel label PNG (grey or palette) "
-            "whose pixel values are category ids (0 = background)"
-        )
-    values = np.asarray(im).astype(np.int64)
-    if values.shape != (height, width):
-        raise click.ClickException(f"--masks {uri} is {values.shape[1]}x{values.shape[0]}, IMAGE is {width}x{height}")
-    ids = [int(v) for v in np.unique(values) if v > 0]
-    unknown = [v for v in ids if v not in names]
-    if unknown:
-        known = ", ".join(f"{k}={v}" for k, v in sorted(names.items()))
-        raise click.ClickException(f"--masks {uri}: values {unknown} name no category; known ids: {known}")
-    labels = np.full((height, width), -1, dtype=np.int32)
-    for k, v in enumerate(ids):
-        labels[values == v] = k
-    return labels, [names[v] for v in ids]
 
 
 def _downscale(image, labels, max_side: int | None):
@@ -206,24 +144,25 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
             max_side: int | None, max_pixels: int | None) -> None:
     """Style one IMAGE, each annotated part with its own style (see the style plan).
 
-    Parts come from --coco with --image-id, or from a --masks label PNG.
+    Parts come from --coco with --image-id, or from a --masks label PNG; with neither, the whole
+    image is styled by the plan's background entry.
     """
-    if (coco_uri is None or image_id is None) and masks_uri is None:
-        raise click.UsageError("give the parts: --coco ANNOTATIONS --image-id ID, or --masks MASKS.png")
     if masks_uri is None and coco_uri is not None and image_id is None:
         raise click.UsageError("--coco needs --image-id (which image of the annotations IMAGE is)")
+    if image_id is not None and coco_uri is None:
+        raise click.UsageError("--image-id goes with --coco (the annotations that hold IMAGE)")
     if masks_uri is not None and image_id is not None:
         raise click.UsageError("--image-id goes with --coco alone; with --masks the parts come from the PNG")
 
     from rich.console import Console
 
+    from nstray.data.masksource import CocoParts, LabelImage, MaskSourceError, WholeFrame, coco_record
     from nstray.plan import BACKGROUND
 
     refuse_overwrite({"--out": out, "--preview": preview_uri},
                      {"IMAGE": image, "--plan": plan_path, "--coco": coco_uri, "--masks": masks_uri})
     console = Console(stderr=True)
     original = _read_image(image, "IMAGE", max_pixels)
-    h, w = original.shape[:2]
     coco = None
     if coco_uri is not None:
         from nstray.data.coco import DatasetError, load_coco
@@ -232,21 +171,29 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
             coco = load_coco(coco_uri)
         except DatasetError as exc:
             raise click.ClickException(str(exc)) from None
+    listed = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     if coco is not None:
-        names = _coco_categories(coco)
-        plan = _load_plan(plan_path, sorted(set(names.values())))
-    elif categories:
-        listed = [c.strip() for c in categories.split(",") if c.strip()]
-        names = {i + 1: c for i, c in enumerate(listed)}
+        plan = _load_plan(plan_path, sorted({str(c["name"]) for c in coco.get("categories", [])}))
+    else:
         plan = _load_plan(plan_path, listed)
-    else:
-        plan = _load_plan(plan_path, None)
-        names = {i + 1: c for i, c in enumerate(c for c in plan.parts if c != BACKGROUND)}
-    if masks_uri is not None:
-        labels, part_categories = _labels_from_png(masks_uri, names, h, w)
-    else:
-        assert coco is not None and image_id is not None and coco_uri is not None
-        labels, part_categories = _labels_from_coco(coco, coco_uri, image_id, h, w, plan.overlaps)
+    try:
+        if masks_uri is not None:
+            source = (LabelImage.from_coco(coco) if coco is not None
+                      else LabelImage.from_list(listed) if listed else LabelImage.from_plan(plan))
+            parts = source.labels(masks_uri, original)
+        elif coco is not None:
+            assert coco_uri is not None and image_id is not None
+            parts = CocoParts(plan.overlaps).labels(coco_record(coco, coco_uri, image_id), original)
+        else:
+            if not plan.may_style(BACKGROUND):
+                raise click.ClickException(
+                    f"{plan_path}: without --coco or --masks the whole image is background, but the plan does not "
+                    f"style 'background'; add e.g. 'background: {{style: NAME}}' under parts, or give the parts "
+                    f"(--coco ANNOTATIONS --image-id ID, or --masks MASKS.png)")
+            parts = WholeFrame().labels(None, original)
+    except MaskSourceError as exc:
+        raise click.ClickException(f"--masks {exc}" if masks_uri is not None else str(exc)) from None
+    labels, part_categories = parts.label_map, parts.categories
     original, labels = _downscale(original, labels, max_side)
 
     from nstray.assets import AssetError, load_plan_assets

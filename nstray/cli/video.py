@@ -35,16 +35,22 @@ def _fail(msg: str) -> None:
     raise click.ClickException(msg)
 
 
-def _video_masks(annotations: str | None, video_id: int | None, keyframes_every: int | None):
-    """(VideoMasks or None, keyframe mode); bad records are reported, a useless file is an error."""
+def _video_masks(annotations: str | None, video_id: int | None, keyframes_every: int | None, video_path: str):
+    """(VideoMasks or None, keyframe mode) of the video at ``video_path``; bad records are reported (COCO
+    frames past the video's frame count too), a useless file is an error."""
     if annotations is None:
         if keyframes_every:
             _fail("--keyframes-every needs --annotations (the masks to keep on every K-th frame)")
         return None, False
     from nstray.data.video_annotations import VideoAnnotationError, VideoMasks, load_video_annotations
+    from nstray.video.io import VideoError, probe
 
     try:
-        ann = load_video_annotations(annotations)
+        frames = probe(video_path).frames or None
+    except VideoError as exc:
+        _fail(str(exc))
+    try:
+        ann = load_video_annotations(annotations, frames)
         for p in ann.problems:
             click.echo(f"warning: {annotations}: {p} (left out)", err=True)
         rec = ann.only(video_id)
@@ -61,7 +67,8 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
 @click.argument("input_path", metavar="IN")
 @click.option("--out", "out_path", required=True, help="Output video (.mp4, H.264; the audio is copied).")
 @click.option("--plan", "plan_path", required=True, help="Style plan YAML (parts and background -> styles).")
-@click.option("--annotations", default=None, help="YouTube-VIS style part masks of the video (JSON).")
+@click.option("--annotations", default=None,
+              help="Part masks of the video (JSON): YouTube-VIS style, or COCO whose images are frames (video_id, frame_id).")
 @click.option("--video-id", type=int, default=None, help="Which video of --annotations (needed when it holds several).")
 @click.option("--keyframes-every", type=click.IntRange(min=1), default=None,
               help="Keep the masks of every K-th frame only and propagate them along the flow (tests propagation).")
@@ -75,6 +82,8 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
               help="Also write a GIF preview (at most 30 frames, 240 px wide per panel).")
 @click.option("--size", type=click.IntRange(min=16), default=None, help="Longest side in px to style at (downscale).")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower = better).")
+@click.option("--fps", type=click.FloatRange(min=0.01), default=25.0, show_default=True,
+              help="Frame rate when IN is a folder of frames (a video file keeps its own).")
 @click.option("--metrics", "with_metrics", is_flag=True,
               help="Measure the warping error of naive vs stabilized output (slower: an extra flow per frame).")
 @click.option("--no-reconcile", is_flag=True, help="Use each frame's own masks as given (no temporal reconciliation).")
@@ -84,29 +93,33 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
               help=f"{DEVICE_HELP} (falls back to cpu with a warning).")
 def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str | None, video_id: int | None,
               keyframes_every: int | None, stabilize: str, strength: float, side_by_side: bool,
-              max_frames: int | None, gif_path: str | None, size: int | None, crf: int, with_metrics: bool,
+              max_frames: int | None, gif_path: str | None, size: int | None, crf: int, fps: float, with_metrics: bool,
               no_reconcile: bool, variant: int, seed: int, device: str) -> None:
-    """Style the video IN by parts (plan) into --out, stabilized along optical flow; audio kept."""
+    """Style the video IN (a video file, or a folder of frames played at --fps) by parts (plan) into --out,
+    stabilized along optical flow; audio kept."""
     import numpy as np
     from tqdm import tqdm
 
     from nstray.data.masksource import MaskSourceError
-    from nstray.plan import PlanError, load_plan
+    from nstray.plan import BACKGROUND, PlanError, load_plan
     from nstray.stylize.parts import PartStylizer, StylizeError
-    from nstray.video.io import VideoError, VideoReader, VideoWriter, write_gif
+    from nstray.video.io import VideoError, VideoWriter, open_video, write_gif
     from nstray.video.masks import MaskPropagationError
     from nstray.video.metrics import Meter
     from nstray.video.stabilize import Stabilizer
     from nstray.video.style import StageTimes, style_frames
 
-    masks, keyframes = _video_masks(annotations, video_id, keyframes_every)
+    masks, keyframes = _video_masks(annotations, video_id, keyframes_every, input_path)
     categories = masks.categories if masks is not None else []
     try:
         plan = load_plan(plan_path, categories=sorted(set(categories)) or None)
     except PlanError as exc:
         _fail(f"{plan_path}: {exc}")
+    if masks is None and not plan.may_style(BACKGROUND):
+        _fail(f"{plan_path}: without --annotations the whole frame is background, but the plan does not style "
+              f"'background'; add e.g. 'background: {{style: NAME}}' under parts, or give --annotations")
     try:
-        reader = VideoReader(input_path, max_frames=max_frames, size=size)
+        reader = open_video(input_path, fps=fps, max_frames=max_frames, size=size)
     except VideoError as exc:
         _fail(str(exc))
     info = reader.info
@@ -192,7 +205,8 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
 @click.argument("original")
 @click.argument("styled")
 @click.option("--naive", default=None, help="The naive per-frame styled video, for SSIM to naive.")
-@click.option("--annotations", default=None, help="YouTube-VIS style masks of ORIGINAL: per-part figures.")
+@click.option("--annotations", default=None,
+              help="Masks of ORIGINAL (YouTube-VIS style, or COCO with frames as images): per-part figures.")
 @click.option("--video-id", type=int, default=None, help="Which video of --annotations.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Measure the first N frames only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
@@ -202,15 +216,15 @@ def metrics_cmd(original: str, styled: str, naive: str | None, annotations: str 
     ORIGINAL), the same for ORIGINAL (the floor), style strength, SSIM to --naive, per part with --annotations."""
     from contextlib import ExitStack
 
-    from nstray.video.io import VideoError, VideoReader
+    from nstray.video.io import VideoError, open_video
     from nstray.video.metrics import Meter, MetricError
 
-    masks, _ = _video_masks(annotations, video_id, None)
+    masks, _ = _video_masks(annotations, video_id, None, original)
     names = ["styled"] + (["naive"] if naive else [])
     meter = Meter(names, reference="naive" if naive else None, categories=masks.categories if masks else [])
     try:
         with ExitStack() as stack:
-            readers = {n: stack.enter_context(VideoReader(p, max_frames=max_frames))
+            readers = {n: stack.enter_context(open_video(p, max_frames=max_frames))
                        for n, p in (("original", original), ("styled", styled), ("naive", naive)) if p}
             sizes = {n: (r.info.width, r.info.height) for n, r in readers.items()}
             if len(set(sizes.values())) != 1:

@@ -10,12 +10,14 @@ image, or one frame of a video) whose pixels the caller has already decoded::
   :meth:`nstray.stylize.parts.PartStylizer.stylize_batch` takes.
 * :class:`WholeFrame`: no labels — every pixel is ``background`` (styled by the plan's background entry).
 * :class:`CocoParts`: a COCO :class:`~nstray.data.coco.ImageRecord` (its parts' polygons / RLE / boxes,
-  overlaps by the plan's ``overlaps`` order) — the logic today written out in ``pipeline/stages.py``,
-  ``cli/styling.py`` and ``cli/optimize.py``, which can each move onto it by replacing their
-  ``masks.label_map(rec.parts, ...)`` + ``[p.category for p in rec.parts]`` pair with
-  ``CocoParts(order).labels(rec, image)``.
-* Video sources (:mod:`nstray.data.video_annotations`): per-frame YouTube-VIS masks, and keyframes
-  propagated along optical flow (:mod:`nstray.video.masks`).
+  overlaps by the plan's ``overlaps`` order); :func:`coco_record` finds one image's record by id.
+  Used by the image job (``pipeline/stages.py``), ``nstray stylize --coco``, ``nstray optimize``,
+  ``nstray datasets stats`` and the benchmarks.
+* :class:`LabelImage`: a single-channel label PNG whose pixel values are category ids
+  (``nstray stylize --masks``); the record is the PNG's URI (or its decoded values).
+* Video sources (:mod:`nstray.data.video_annotations`): per-frame YouTube-VIS masks, COCO files whose
+  images are frames (``video_id`` / ``frame_id``), and keyframes propagated along optical flow
+  (:mod:`nstray.video.masks`).
 * A segmentation model joins later as one more implementation of :class:`MaskSource`.
 """
 
@@ -27,7 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["PartLabels", "MaskSource", "MaskSourceError", "WholeFrame", "CocoParts", "check_labels"]
+__all__ = ["PartLabels", "MaskSource", "MaskSourceError", "WholeFrame", "CocoParts", "LabelImage", "coco_record",
+           "check_labels"]
 
 
 class MaskSourceError(ValueError):
@@ -77,15 +80,108 @@ class CocoParts:
         self.order = order
 
     def labels(self, record: Any, image: np.ndarray) -> PartLabels:
+        h, w = image.shape[:2]
+        if (record.height, record.width) != (h, w):
+            raise MaskSourceError(f"{_where(record)}: the annotations say {record.width}x{record.height} but the image "
+                                  f"is {w}x{h}; is it the right image? If so, fix its width/height in the annotations")
+        return check_labels(self.labels_at(record, h, w), image, _where(record))
+
+    def labels_at(self, record: Any, height: int, width: int) -> PartLabels:
+        """The labels at ``height`` x ``width`` without the decoded image (callers that keep it encoded)."""
         from nstray.masks import MaskError, label_map
 
-        h, w = image.shape[:2]
-        where = f"image {record.image_id} ({record.file_name})"
-        if (record.height, record.width) != (h, w):
-            raise MaskSourceError(f"{where}: the annotations say {record.width}x{record.height} but the image is "
-                                  f"{w}x{h}; fix the image's width/height in the annotations")
         try:
-            lm = label_map(record.parts, h, w, self.order)
+            lm = label_map(record.parts, height, width, self.order)
         except MaskError as exc:
-            raise MaskSourceError(f"{where}: {exc}") from None
-        return check_labels(PartLabels(lm, [p.category for p in record.parts]), image, where)
+            raise MaskSourceError(f"{_where(record)}: {exc}") from None
+        return PartLabels(lm, [p.category for p in record.parts])
+
+
+def _where(record: Any) -> str:
+    return f"image {record.image_id} ({record.file_name})"
+
+
+def coco_record(doc: dict, source: str, image_id: int, images_root: str = "") -> Any:
+    """The :class:`~nstray.data.coco.ImageRecord` of ``image_id`` in the COCO document ``doc`` (read from ``source``).
+
+    A missing id names the valid ids; an image whose record is invalid gives that record's problem and fix.
+    """
+    from nstray.data.coco import read_records
+
+    records, errors = read_records(doc, images_root, check_files=False, source=source)
+    record = next((r for r in records if r.image_id == image_id), None)
+    if record is not None:
+        return record
+    bad = [e for e in errors if e.image_id == image_id]
+    if bad:
+        raise MaskSourceError(f"image id {image_id} in {source}: {bad[0].problem}; fix: {bad[0].fix}")
+    ids = [r.image_id for r in records]
+    shown = ", ".join(map(str, ids[:20])) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
+    raise MaskSourceError(f"no image with id {image_id} in {source}; valid ids: {shown or 'none'} "
+                          f"(is image id {image_id} from another annotations file?)")
+
+
+_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
+class LabelImage:
+    """Labels from a single-channel label image whose pixel values are category ids (0 = background).
+
+    8- or 16-bit grey, or a palette PNG read by index. All pixels of one value form one part; parts
+    are numbered in increasing value. ``names`` maps ids to categories; build it with
+    :meth:`from_coco` (the COCO file's ``categories``), :meth:`from_list` (value 1 = the first name)
+    or :meth:`from_plan` (the plan's ``parts`` in the order listed, ``background`` skipped) — the
+    naming rules of ``nstray stylize --masks``. The record is the label image's URI (local or
+    ``s3://``) or its decoded values (int [H, W]).
+    """
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = dict(names)
+
+    @classmethod
+    def from_coco(cls, doc: dict) -> LabelImage:
+        return cls({int(c["id"]): str(c["name"]) for c in doc.get("categories", [])})
+
+    @classmethod
+    def from_list(cls, names: Sequence[str]) -> LabelImage:
+        return cls({i + 1: c for i, c in enumerate(names)})
+
+    @classmethod
+    def from_plan(cls, plan: Any) -> LabelImage:
+        from nstray.plan import BACKGROUND
+
+        return cls.from_list([c for c in plan.parts if c != BACKGROUND])
+
+    @staticmethod
+    def read(uri: str) -> np.ndarray:
+        """The pixel values (int64 [H, W]) of the label image at ``uri``; errors name it and the fix."""
+        import io
+
+        from PIL import Image
+
+        from nstray import storage
+
+        try:
+            im = Image.open(io.BytesIO(storage.read_bytes(uri)))
+            im.load()
+        except (storage.StorageError, OSError) as exc:
+            raise MaskSourceError(f"{uri}: cannot read it: {exc}") from None
+        if im.mode not in _LABEL_MODES:
+            raise MaskSourceError(f"{uri}: a {im.mode} image; the masks must be a single-channel label PNG (grey or "
+                                  "palette) whose pixel values are category ids (0 = background)")
+        return np.asarray(im).astype(np.int64)
+
+    def labels(self, record: str | np.ndarray, image: np.ndarray) -> PartLabels:
+        where = record if isinstance(record, str) else "the label image"
+        values = self.read(record) if isinstance(record, str) else np.asarray(record).astype(np.int64)
+        h, w = image.shape[:2]
+        if values.shape != (h, w):
+            raise MaskSourceError(f"{where} is {values.shape[1]}x{values.shape[0]}, the image is {w}x{h}; "
+                                  "give masks of the image's size")
+        ids = [int(v) for v in np.unique(values) if v > 0]
+        unknown = [v for v in ids if v not in self.names]
+        if unknown:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(self.names.items()))
+            raise MaskSourceError(f"{where}: values {unknown} name no category; known ids: {known}")
+        lm = np.where(values > 0, np.searchsorted(np.asarray(ids, dtype=np.int64), values), -1).astype(np.int32)
+        return check_labels(PartLabels(lm, [self.names[v] for v in ids]), image, where)

@@ -13,8 +13,23 @@ An annotation is one *track* (one part instance through the video). In a video's
 style — across the video. A frame with ``null`` for a track has that part absent; a frame with a
 box but no segmentation uses the box as its mask (as for images).
 
-Validation is per record, like :func:`nstray.data.coco.validate`: every bad video or annotation is
-reported with a reason and a fix and left out; the rest is used.
+COCO with frames as images (as video annotation tools such as CVAT export) is read into the same
+:class:`VideoRecord` / :class:`VideoMasks` by :func:`parse_coco_frames`::
+
+    {"images": [{"id": 11, "video_id": 1, "frame_id": 0, "file_name": "v/00000.jpg", "width": W, "height": H}, ...],
+     "videos": [{"id": 1, ...}],             # optional; when present, image video_ids must be listed
+     "categories": [{"id": 1, "name": "wheel"}, ...],
+     "annotations": [{"id": 7, "image_id": 11, "category_id": 1, "segmentation": RLE | polygons | [],
+                      "bbox": [x, y, w, h], "track_id": 3}, ...]}
+
+``frame_id`` is the 0-based index of the frame in the video (MP4) or in the folder of frames (the
+images' ``file_name`` in ``frame_id`` order). Annotations with the same ``track_id`` (or
+``instance_id``, or ``attributes.track_id``) and category in one video form one track; without a
+track id, the ``n``-th annotation of a category on a frame (in annotation-id order) joins the
+``n``-th track of that category. :func:`load_video_annotations` tells the two formats apart.
+
+Validation is per record, like :func:`nstray.data.coco.validate`: every bad video, image (frame) or
+annotation is reported with a reason and a fix and left out; the rest is used.
 """
 
 from __future__ import annotations
@@ -29,7 +44,8 @@ import numpy as np
 from nstray.data.masksource import MaskSourceError, PartLabels, check_labels
 
 __all__ = ["VideoAnnotationError", "Track", "VideoRecord", "VideoProblem", "VideoAnnotations",
-           "load_video_annotations", "parse_video_annotations", "VideoMasks", "fit_labels"]
+           "load_video_annotations", "parse_video_annotations", "parse_coco_frames", "is_coco_frames", "VideoMasks",
+           "fit_labels"]
 
 
 class VideoAnnotationError(ValueError):
@@ -133,6 +149,25 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _categories(doc: dict) -> dict[Any, str]:
+    """Category id → name."""
+    return {c.get("id"): str(c.get("name")) for c in doc.get("categories") or [] if isinstance(c, dict)}
+
+
+def _annotations(doc: dict) -> list[dict]:
+    """The annotation entries in id order (so track order, hence labels, do not depend on the file's order)."""
+    return sorted((a for a in doc.get("annotations") or [] if isinstance(a, dict)),
+                  key=lambda a: a["id"] if _is_int(a.get("id")) else -1)
+
+
+def _unknown_category(a: dict, cats: dict[Any, str], video_id: Any, where: str) -> VideoProblem | None:
+    """The problem of an annotation whose category is not listed, or None."""
+    if a.get("category_id") in cats:
+        return None
+    return VideoProblem(video_id, a.get("id"), f"{where}unknown category_id {a.get('category_id')!r}",
+                        "use an id listed in 'categories'")
+
+
 def _check_segmentation(seg: Any, h: int, w: int) -> str | None:
     """Why ``seg`` (one frame's) is unusable, or None."""
     if seg is None:
@@ -167,7 +202,7 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
     if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):
         raise VideoAnnotationError(f"{source}: not YouTube-VIS style annotations (no 'videos' list); "
                                    f"give a JSON object with 'videos', 'annotations' and 'categories'")
-    cats = {c.get("id"): str(c.get("name")) for c in doc.get("categories") or [] if isinstance(c, dict)}
+    cats = _categories(doc)
     problems: list[VideoProblem] = []
     videos: dict[int, VideoRecord] = {}
     for v in doc["videos"]:
@@ -193,8 +228,7 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
             problems.append(VideoProblem(vid, None, "a second video with the same id", "give every video its own id"))
             continue
         videos[vid] = VideoRecord(vid, w, h, length, list(names) if isinstance(names, list) else [])
-    anns = sorted((a for a in doc.get("annotations") or [] if isinstance(a, dict)),
-                  key=lambda a: a["id"] if _is_int(a.get("id")) else -1)
+    anns = _annotations(doc)
     for a in anns:
         aid, vid = a.get("id"), a.get("video_id")
         if vid not in videos:
@@ -202,9 +236,8 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
                                          "point video_id at an entry of 'videos' (or fix that video's entry)"))
             continue
         video = videos[vid]
-        if a.get("category_id") not in cats:
-            problems.append(VideoProblem(vid, aid, f"unknown category_id {a.get('category_id')!r}",
-                                         "use an id listed in 'categories'"))
+        if (bad := _unknown_category(a, cats, vid, "")) is not None:
+            problems.append(bad)
             continue
         segs, boxes = a.get("segmentations"), a.get("bboxes")
         if segs is None and isinstance(boxes, list):
@@ -229,8 +262,123 @@ def parse_video_annotations(doc: Any, source: str = "<video annotations>") -> Vi
     return VideoAnnotations(videos, problems, source)
 
 
-def load_video_annotations(uri: str) -> VideoAnnotations:
-    """Read and validate a YouTube-VIS style JSON file (local path or ``s3://``)."""
+def is_coco_frames(doc: Any) -> bool:
+    """Whether ``doc`` is COCO with frames as images (its images carry ``video_id``)."""
+    return (isinstance(doc, dict) and isinstance(doc.get("images"), list)
+            and any(isinstance(im, dict) and "video_id" in im for im in doc["images"]))
+
+
+def _track_key(a: dict) -> Any:
+    for key in ("track_id", "instance_id"):
+        if a.get(key) is not None:
+            return a[key]
+    attrs = a.get("attributes")
+    return attrs.get("track_id") if isinstance(attrs, dict) else None
+
+
+def parse_coco_frames(doc: Any, source: str = "<video annotations>", frames: int | None = None) -> VideoAnnotations:
+    """Validate COCO whose images are video frames (``video_id``, ``frame_id``) into :class:`VideoRecord` s.
+
+    ``frames``: the video's frame count when known (the MP4's), so a ``frame_id`` past it is reported;
+    without it a video is as long as its last annotated frame. Bad videos, frames and annotations are
+    reported and left out; the rest is used.
+    """
+    if not is_coco_frames(doc):
+        raise VideoAnnotationError(f"{source}: not COCO with frames as images (no image carries 'video_id'); give "
+                                   f"COCO whose images have 'video_id' and 'frame_id', or YouTube-VIS style JSON")
+    cats = _categories(doc)
+    listed = ({v.get("id") for v in doc["videos"] if isinstance(v, dict)}
+              if isinstance(doc.get("videos"), list) else None)
+    problems: list[VideoProblem] = []
+    frame_of: dict[Any, tuple[int, int]] = {}  # image id -> (video id, frame index)
+    by_video: dict[int, dict[int, dict]] = {}
+    for im in doc["images"]:
+        iid = im.get("id") if isinstance(im, dict) else None
+        vid = im.get("video_id") if isinstance(im, dict) else None
+        fid = im.get("frame_id") if isinstance(im, dict) else None
+
+        def bad(problem: str, fix: str) -> None:
+            problems.append(VideoProblem(vid, None, f"image {iid!r} (frame {fid!r}): {problem}", fix))
+
+        if not isinstance(im, dict) or not _is_int(iid):
+            bad("the image entry has no integer 'id'", "give each image (frame) an integer id")
+        elif not _is_int(vid) or (listed is not None and vid not in listed):
+            bad(f"unknown video id {vid!r}", "set the image's video_id to an id listed in 'videos'"
+                if listed is not None else "give the image an integer video_id")
+        elif not _is_int(fid) or fid < 0:
+            bad("'frame_id' is not a frame index (an integer >= 0)", "give each image its 0-based frame index")
+        elif frames is not None and frames > 0 and fid >= frames:
+            bad(f"frame index {fid} is out of range: the video has {frames} frames",
+                "annotate the right video, or drop the frames past its end")
+        elif not (_is_int(im.get("width")) and _is_int(im.get("height")) and im["width"] > 0 and im["height"] > 0):
+            bad(f"width/height {im.get('width')!r}x{im.get('height')!r} are not positive integers",
+                "set the frame size in pixels")
+        elif iid in frame_of:
+            bad("a second image with the same id", "give every image its own id")
+        elif fid in by_video.get(vid, {}):
+            bad(f"a second image for frame {fid} of video {vid}", "give each frame of a video one image")
+        else:
+            first = next(iter(by_video.get(vid, {}).values()), im)
+            if (first["width"], first["height"]) != (im["width"], im["height"]):
+                bad(f"{im['width']}x{im['height']} but the video's other frames are {first['width']}x{first['height']}",
+                    "give every frame of a video the same size")
+                continue
+            by_video.setdefault(vid, {})[fid] = im
+            frame_of[iid] = (vid, fid)
+    videos: dict[int, VideoRecord] = {}
+    for vid, ims in by_video.items():
+        first = next(iter(ims.values()))
+        length = frames if frames else max(ims) + 1
+        names = [str(ims[i].get("file_name", "")) if i in ims else "" for i in range(length)]
+        videos[vid] = VideoRecord(vid, first["width"], first["height"], length, names)
+    tracks: dict[tuple[int, Any], Track] = {}
+    nth: dict[tuple[int, int, str], int] = {}
+    anns = _annotations(doc)
+    for a in anns:
+        aid, iid = a.get("id"), a.get("image_id")
+        if iid not in frame_of:
+            problems.append(VideoProblem(None, aid, f"image id {iid!r} is not a usable frame",
+                                         "point image_id at an image with video_id and frame_id (see the "
+                                         "problems above for images that were left out)"))
+            continue
+        vid, fid = frame_of[iid]
+        video = videos[vid]
+        if (bad := _unknown_category(a, cats, vid, f"frame {fid}: ")) is not None:
+            problems.append(bad)
+            continue
+        seg, box = a.get("segmentation"), a.get("bbox")
+        seg = None if seg == [] else seg
+        why = _check_segmentation(seg, video.height, video.width) or _check_box(box)
+        if why is None and seg is None and box is None:
+            why = "neither a segmentation nor a box"
+        if why is not None:
+            problems.append(VideoProblem(vid, aid, f"frame {fid}: {why}", "re-export the masks at the video's size"))
+            continue
+        cat = cats[a["category_id"]]
+        key = _track_key(a)
+        if key is None:
+            n = nth.get((vid, fid, cat), 0)
+            nth[(vid, fid, cat)] = n + 1
+            key = ("nth", cat, n)
+        else:
+            key = ("id", cat, key)
+        track = tracks.get((vid, key))
+        if track is None:
+            track = Track(int(aid) if _is_int(aid) else -len(tracks) - 1, cat,
+                          [None] * video.length, [None] * video.length)
+            tracks[(vid, key)] = track
+            video.tracks.append(track)
+        if track.segmentations[fid] is not None or track.bboxes[fid] is not None:
+            problems.append(VideoProblem(vid, aid, f"frame {fid}: a second annotation of track {key[2]!r}",
+                                         "give each track one annotation per frame"))
+            continue
+        track.segmentations[fid], track.bboxes[fid] = seg, box
+    return VideoAnnotations(videos, problems, source)
+
+
+def load_video_annotations(uri: str, frames: int | None = None) -> VideoAnnotations:
+    """Read and validate video annotations (local path or ``s3://``): YouTube-VIS style, or COCO with
+    frames as images (``frames``: the video's frame count, to report frame indices past its end)."""
     from nstray import storage
 
     try:
@@ -239,6 +387,8 @@ def load_video_annotations(uri: str) -> VideoAnnotations:
         raise VideoAnnotationError(f"cannot read video annotations: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VideoAnnotationError(f"{uri}: not valid JSON ({exc}); give a YouTube-VIS style JSON file") from None
+    if is_coco_frames(doc):
+        return parse_coco_frames(doc, uri, frames)
     return parse_video_annotations(doc, uri)
 
 

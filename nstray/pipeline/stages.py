@@ -161,13 +161,14 @@ def _keep_jpeg(data: bytes, rec: Any, max_pixels: int) -> bool:
 
 def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
     """Index rows → decoded pixels + label maps (bytes columns); a failing record carries its stage and reason."""
-    from nstray import masks, storage
+    from nstray import storage
     from nstray.data.coco import ImageRecord
     from nstray.data.images import decode_image
+    from nstray.data.masksource import CocoParts
 
     n = len(batch["image_id"])
     cols: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
-    order: Any = opts.overlaps if isinstance(opts.overlaps, str) else list(opts.overlaps)
+    source = CocoParts(opts.overlaps if isinstance(opts.overlaps, str) else list(opts.overlaps))
     for i in range(n):
         t0 = time.perf_counter()
         row = {k: batch[k][i] for k in ("image_id", "file_name", "uri", "width", "height", "parts")}
@@ -189,7 +190,7 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
                 _check_size(image, rec.height, rec.width)
                 pixels = image.tobytes()
             stage = "masks"
-            lm = masks.label_map(rec.parts, rec.height, rec.width, order)
+            lm = source.labels_at(rec, rec.height, rec.width).label_map  # the pixels are checked against rec above
             dt = _labels_dtype(len(rec.parts))
             labels, ldtype = lm.astype(dt).tobytes(), dt.name
             stage = ""

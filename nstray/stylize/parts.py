@@ -38,7 +38,7 @@ from torch import Tensor
 
 from nstray import compose, regions
 from nstray.assets import PlanAssets
-from nstray.plan import BACKGROUND, NONE, ArbitrarySpec, FeedforwardSpec, MultiStyleSpec, Plan, PartSpec
+from nstray.plan import NONE, ArbitrarySpec, FeedforwardSpec, MultiStyleSpec, Plan, PartSpec
 
 __all__ = ["PRECISIONS", "StylizeError", "StylizeResult", "PartStylizer", "resolve_device"]
 
@@ -400,12 +400,11 @@ class PartStylizer:
             present_j = host[j, 2 : 2 + kmax + 1].astype(bool)
             regs: list[_Region] = []
             styles: dict[str, str] = {}
-            for old, category in [(-1, BACKGROUND)] + list(enumerate(categories[j])):
+            for old, (category, style, spec) in enumerate(self.plan.resolve(categories[j], variants[j], seeds[j],
+                                                                             keys[j]), start=-1):
                 if not present_j[old + 1]:
                     continue
-                style = self.plan.choose(category, variants[j], seeds[j], keys[j])
                 styles[category] = style  # same category, same draw (choose is per category)
-                spec = self.plan.spec_for(category)
                 if style == NONE or spec is None or spec.strength == 0:
                     continue
                 remap[j, old + 1] = len(regs)

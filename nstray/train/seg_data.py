@@ -4,8 +4,8 @@
   an optional class map, each target class once. A class map (YAML, local or ``s3://``) maps a source
   category to a target class (``front_left_door: front_door`` merges left and right), to ``background``,
   or to ``ignore`` (its pixels count for neither loss nor IoU); unlisted categories keep their name.
-* Label maps come from the data layer: :func:`nstray.masks.label_map` with its documented overlap rule
-  (smaller part on top), then part → class. A box-only part has no true mask, so its box is ``ignore``.
+* Label maps come from the data layer's mask-source seam (:class:`nstray.data.masksource.CocoParts`: the
+  documented overlap rule, smaller part on top), then part → class. A box-only part has no true mask, so its box is ``ignore``.
 * Augmentation (torchvision's reference recipe, ``size`` = crop side): the shorter side resized to a
   random ``[0.5, 2] × size``, a horizontal flip half of the time, then a random ``size × size`` crop
   (padded with 0 in the image and ``ignore`` in the target where the image is smaller). Every random
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from nstray import masks, storage
+from nstray import storage
 from nstray.data.coco import ImageRecord
+from nstray.data.masksource import CocoParts, MaskSourceError
 from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from nstray.models.segmentation import IGNORE_INDEX
 
@@ -140,7 +141,7 @@ def split_records(records: Sequence[ImageRecord], fraction: float, seed: int) ->
 def target_map(record: ImageRecord, index: Mapping[str, int]) -> np.ndarray:
     """``uint8[H, W]`` class per pixel of a record (0 background, 255 ignore), overlaps by the data layer's rule."""
     parts = record.parts
-    labels = masks.label_map(parts, record.height, record.width)
+    labels = CocoParts().labels_at(record, record.height, record.width).label_map
     lut = np.array([IGNORE_INDEX if p.box_only else index[p.category] for p in parts] + [0], dtype=np.uint8)
     return lut[labels]  # label -1 (background) picks the trailing 0
 
@@ -231,7 +232,7 @@ class SegCrops(Dataset):
             record = self.pick(self.records[(index + k) % len(self.records)], rng)
             try:
                 image, target = read_example(record, self.index, self.max_pixels)
-            except (storage.StorageError, ImageDecodeError, masks.MaskError) as exc:
+            except (storage.StorageError, ImageDecodeError, MaskSourceError) as exc:
                 problems.append(str(exc))
                 log.warning("skipping unreadable training image: %s", exc)
                 continue

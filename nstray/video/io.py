@@ -18,6 +18,10 @@ Choices (and why):
   replicated row/column and records the true size in the container's ``comment`` tag
   (``nstray:size=WxH``); :class:`VideoReader` crops such files back, so a round trip keeps the
   size. Other players show the one extra edge row/column.
+* **A folder of frames** (``frame_00001.png`` ...; PNG, JPEG, WebP, BMP, TIFF) reads as a video
+  through :class:`FrameFolderReader`, the same interface: frames in natural name order (``2`` before
+  ``10``), at a frame rate the caller gives (a folder has none), no audio. :func:`open_video` and
+  :func:`probe` take either.
 * **Bad input is a :class:`VideoError`** naming the file: not a video, no video stream, zero
   frames, a frame size over the pixel limit. A stream truncated mid-way is not an error: the
   reader stops at the last good frame and :attr:`VideoReader.frames_lost` says how many of the
@@ -35,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VideoError", "VideoInfo", "Frame", "VideoReader", "VideoWriter", "probe", "write_gif",
+__all__ = ["VideoError", "VideoInfo", "Frame", "VideoReader", "FrameFolderReader", "open_video", "VideoWriter", "probe",
+           "write_gif", "FRAME_EXTENSIONS",
            "DEFAULT_MAX_PIXELS", "DEFAULT_CRF"]
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 8K UHD is 33 Mpx; a bigger frame is almost surely a mistake or an attack
@@ -129,7 +134,12 @@ def _rotation(container, stream) -> int:
 
 
 def probe(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
-    """Read a video's header (no decoding beyond one frame); raises :class:`VideoError` on bad input."""
+    """Read a video's header (no decoding beyond one frame); raises :class:`VideoError` on bad input.
+
+    A folder of frames is probed as :class:`FrameFolderReader` reads it (its first frame decoded).
+    """
+    if Path(path).is_dir():
+        return FrameFolderReader(path, max_pixels=max_pixels).info
     c = _open(path)
     try:
         return _info(c, str(path), max_pixels)
@@ -211,6 +221,82 @@ class VideoReader:
             self.frames_lost = info.frames - self.frames_read
             if self.problem is None:
                 self.problem = f"the stream ends after {self.frames_read} of {info.frames} frames (truncated)"
+
+
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class FrameFolderReader:
+    """A folder of frame images read as a video (see the module docstring); :class:`VideoReader`'s interface.
+
+    ``fps`` is the frame rate the frames are played at (written to the output's timestamps). Every
+    frame must be the first one's size; a frame that cannot be decoded is a :class:`VideoError`
+    naming it.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fps: float | Fraction = 25, max_frames: int | None = None,
+                 size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        folder = Path(path)
+        self.path = str(path)
+        self.max_pixels = max_pixels
+        self.files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS),
+                            key=lambda p: _natural(p.name))
+        if not self.files:
+            raise VideoError(f"{path}: a folder with no frame images ({', '.join(FRAME_EXTENSIONS)}); "
+                             f"give a video file or a folder of frames")
+        rate = Fraction(fps).limit_denominator(1001)
+        if rate <= 0:
+            raise VideoError(f"{path}: the frame rate must be positive, got {fps}")
+        h, w = self._decode(self.files[0]).shape[:2]
+        self.info = VideoInfo(path=self.path, width=w, height=h, fps=rate, frames=len(self.files),
+                              time_base=1 / rate, rotation=0, codec="images", audio_codec=None)
+        self.max_frames = max_frames
+        self.out_size = _scaled_size(w, h, size)
+        self.frames_read = 0
+        self.frames_lost = 0
+        self.problem: str | None = None
+
+    def _decode(self, file: Path) -> np.ndarray:
+        from nstray.data.images import ImageDecodeError, decode_image
+
+        try:
+            return decode_image(file.read_bytes(), name=str(file), max_pixels=self.max_pixels)
+        except (OSError, ImageDecodeError) as exc:
+            raise VideoError(f"{file}: cannot read this frame ({exc}); fix or remove it") from None
+
+    def __enter__(self) -> FrameFolderReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[Frame]:
+        w, h = self.info.width, self.info.height
+        for file in self.files[: self.max_frames]:
+            rgb = self._decode(file)
+            if rgb.shape[:2] != (h, w):
+                raise VideoError(f"{file}: {rgb.shape[1]}x{rgb.shape[0]} but the folder's first frame is {w}x{h}; "
+                                 f"give frames of one size")
+            if self.out_size != (w, h):
+                import cv2
+
+                rgb = cv2.resize(rgb, self.out_size, interpolation=cv2.INTER_AREA)
+            yield Frame(self.frames_read, self.frames_read, rgb)
+            self.frames_read += 1
+
+
+def open_video(path: str | os.PathLike, *, fps: float | Fraction = 25, **kw) -> VideoReader | FrameFolderReader:
+    """A reader of the video file or folder of frames at ``path`` (``fps``: a folder's frame rate)."""
+    if Path(path).is_dir():
+        return FrameFolderReader(path, fps=fps, **kw)
+    return VideoReader(path, **kw)
 
 
 def _scaled_size(w: int, h: int, size: int | None) -> tuple[int, int]:
