@@ -16,6 +16,11 @@ body, and a small part annotated over a large one is almost always in front of i
 keeps every small part visible, and is deterministic. Or an explicit priority list of
 category names: first listed is on top; unlisted categories go below all listed ones,
 smaller-on-top among themselves.
+
+Masks inside boxes (box-only parts): :func:`grabcut_box` (OpenCV GrabCut initialised from the box, on a
+crop around it) or the box itself; :func:`with_masks` gives parts their computed masks as RLE, so
+:func:`label_map` places them by the same overlap rule. :func:`encode_mask` / :func:`mask_annotations`
+turn masks and label maps into COCO RLE annotations.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ __all__ = [
     "part_masks",
     "paint_order",
     "label_map",
+    "BOX_SOURCES",
+    "encode_mask",
+    "mask_bbox",
+    "mask_annotations",
+    "grabcut_box",
+    "with_masks",
+    "box_masks",
+    "mask_sources",
 ]
 
 SMALLER_ON_TOP = "smaller-on-top"
@@ -215,3 +228,134 @@ def label_map(parts: Sequence[PartLike], height: int, width: int, order: str | S
         mask = _decode(rles[k])
         out[mask & (out < 0)] = k
     return out
+
+
+# ---------------------------------------------------------------- masks → COCO, boxes → masks
+
+BOX_SOURCES = ("segmenter", "grabcut", "box")
+"""Where the mask of a box-only part may come from, best first."""
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """``bool[H, W]`` → COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-able)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_bbox(mask: np.ndarray) -> list[float]:
+    """COCO ``[x, y, w, h]`` of the mask's pixels (``[0, 0, 0, 0]`` for an empty mask)."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if not len(rows):
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+
+
+def mask_annotations(labels: np.ndarray, confidence: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """One predicted annotation per class present in ``labels`` (``int[H, W]``, 0 = background, ``k`` =
+    ``classes[k]``): ``{category, segmentation (RLE), area, bbox, score}`` where ``score`` is the mean of
+    ``confidence`` (the max softmax, ``float[H, W]``) over the mask's pixels."""
+    out = []
+    for k in np.unique(labels).tolist():
+        if k <= 0 or k >= len(classes):
+            continue
+        mask = labels == k
+        out.append({"category": str(classes[k]), "segmentation": encode_mask(mask), "area": float(mask.sum()),
+                    "bbox": mask_bbox(mask), "score": round(float(confidence[mask].mean()), 6)})
+    return out
+
+
+def _box_pixels(bbox: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """``[x, y, w, h]`` → integer ``(x0, y0, x1, y1)`` clipped to the image (the pixels a box covers)."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
+    x1, y1 = min(width, int(np.ceil(x + w))), min(height, int(np.ceil(y + h)))
+    return x0, y0, max(x0, x1), max(y0, y1)
+
+
+def grabcut_box(image: np.ndarray, bbox: Sequence[float], *, iterations: int = 3, margin: float = 0.5,
+                min_side: int = 4) -> np.ndarray | None:
+    """GrabCut's foreground inside ``bbox`` (``[x, y, w, h]``) of ``image`` (``uint8[H, W, 3]`` RGB), as
+    ``bool[H, W]``; None when GrabCut cannot say (a box under ``min_side`` px, a box covering its whole
+    crop so there is no background to learn, or an empty result): the caller falls back to the box.
+
+    Runs on a crop of the box grown by ``margin`` × its size on each side (clipped to the image), so the
+    cost follows the box, not the image; ``iterations`` rounds of GrabCut from ``GC_INIT_WITH_RECT``.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = _box_pixels(bbox, height, width)
+    if x1 - x0 < min_side or y1 - y0 < min_side:
+        return None
+    mx, my = int(round((x1 - x0) * margin)), int(round((y1 - y0) * margin))
+    cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
+    if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
+        return None  # the box is the whole crop: no background pixels to model
+    crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1, ::-1])  # OpenCV wants BGR
+    gc = np.zeros(crop.shape[:2], np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(crop, gc, (x0 - cx0, y0 - cy0, x1 - x0, y1 - y0), bgd, fgd, int(iterations),
+                    cv2.GC_INIT_WITH_RECT)
+    except cv2.error:
+        return None
+    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    if not fg.any():
+        return None
+    out = np.zeros((height, width), dtype=bool)
+    out[cy0:cy1, cx0:cx1] = fg
+    return out
+
+
+def with_masks(parts: Sequence[Any], masks: dict[int, np.ndarray]) -> list[Any]:
+    """``parts`` with ``parts[k]``'s segmentation replaced by ``masks[k]`` (``bool[H, W]``, as RLE) for each
+    ``k`` in ``masks``; the others unchanged. Parts must be dataclasses (``nstray.data.coco.Part``)."""
+    import dataclasses
+
+    return [dataclasses.replace(p, segmentation=encode_mask(masks[k])) if k in masks else p
+            for k, p in enumerate(parts)]
+
+
+def box_masks(image: np.ndarray, parts: Sequence[Any], mode: str = "auto", *, labels: np.ndarray | None = None,
+              classes: Sequence[str] = (), iterations: int = 3) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Masks of the box-only parts of ``parts`` and where each came from: ``({k: bool[H, W]}, {k: source})``.
+
+    Each box takes the first source that gives a mask: the segmenter (``labels``, its ``int[H, W]``
+    prediction with ``classes``; the pixels of the part's category inside the box) when ``mode`` is
+    ``auto``/``segmenter`` and ``labels`` is given; GrabCut from the box unless ``mode`` is ``box``; else
+    the box itself (no entry in the masks: :func:`label_map` draws the box).
+    """
+    height, width = image.shape[:2]
+    masks: dict[int, np.ndarray] = {}
+    sources: dict[int, str] = {}
+    index = {c: i for i, c in enumerate(classes) if i > 0}
+    for k, part in enumerate(parts):
+        seg = part.segmentation
+        if not (seg is None or (isinstance(seg, (list, tuple)) and len(seg) == 0)):
+            continue
+        mask = None
+        if mode in ("auto", "segmenter") and labels is not None and part.category in index:
+            x0, y0, x1, y1 = _box_pixels(part.bbox, height, width)
+            inside = np.zeros((height, width), dtype=bool)
+            inside[y0:y1, x0:x1] = labels[y0:y1, x0:x1] == index[part.category]
+            if inside.any():
+                mask, sources[k] = inside, "segmenter"
+        if mask is None and mode != "box":
+            mask = grabcut_box(image, part.bbox, iterations=iterations)
+            if mask is not None:
+                sources[k] = "grabcut"
+        if mask is None:
+            sources[k] = "box"
+        else:
+            masks[k] = mask
+    return masks, sources
+
+
+def mask_sources(*names: str) -> str:
+    """The provenance of an image's masks: the distinct ``names`` (``coco``, ``segmenter``, ``grabcut``,
+    ``box``; empty ones ignored) in that order, joined by ``+`` (``coco+grabcut``); ``none`` for none."""
+    order = ("coco", "segmenter", "grabcut", "box")
+    found = {n for n in names if n}
+    return "+".join(sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))) or "none"

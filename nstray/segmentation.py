@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from nstray import storage
@@ -90,42 +89,31 @@ def evaluate(seg: Segmenter, records: Sequence[ImageRecord], index: Mapping[str,
     return cm
 
 
-def _bbox(mask: np.ndarray) -> list[float]:
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
-
-
 def predict_coco(seg: Segmenter, root: str, uris: Sequence[str], *, model_ref: str, size: int | None = None,
                  device: str | torch.device = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS,
                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """A COCO dict of ``seg``'s masks for the images ``uris`` under ``root`` (``file_name`` relative to it)."""
-    from pycocotools import mask as mask_utils
+    """A COCO dict of ``seg``'s masks for the images ``uris`` under ``root`` (``file_name`` relative to it).
+
+    Predictions come from :func:`~nstray.models.segmentation.predict_images` and become annotations through
+    :func:`nstray.masks.mask_annotations`, exactly as in the dataset job's segmenter mask source."""
+    from nstray.masks import mask_annotations
+    from nstray.models.segmentation import predict_images
 
     base = root.rstrip("/") + "/"
     categories = [{"id": k, "name": name, "supercategory": "vehicle_part"} for k, name in enumerate(seg.classes) if k]
+    ids = {c["name"]: c["id"] for c in categories}
     images: list[dict] = []
     annotations: list[dict] = []
-    seg.model.eval()
     for i, uri in enumerate(uris):
         rel = uri[len(base):] if uri.startswith(base) else storage.parse(uri).path.rsplit("/", 1)[-1]
         image = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels)
         h, w = image.shape[:2]
-        x = torch.tensor(image).permute(2, 0, 1)[None].float().div_(255.0).to(device)
-        probs = seg.logits(x, size).softmax(1)[0]
-        labels = probs.argmax(0)
+        labels, conf = predict_images(seg, [image], size, device)[0]
         image_id = i + 1
         images.append({"id": image_id, "file_name": rel, "width": w, "height": h})
-        for k in labels.unique().tolist():
-            if k == 0:
-                continue
-            mask = (labels == k).cpu().numpy()
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(k),
-                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask.sum()), "bbox": _bbox(mask), "iscrowd": 0,
-                "score": round(float(probs[k][labels == k].mean()), 6), "predicted": True,
-            })
+        for ann in mask_annotations(labels, conf, seg.classes):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[ann.pop("category")],
+                                **ann, "iscrowd": 0, "predicted": True})
         if progress:
             progress(i + 1)
     info = {"description": "nstray predicted part masks", "model": model_ref, "arch": seg.arch,

@@ -8,8 +8,8 @@ Conventions:
 * a label map is ``int64[H, W]``: ``0`` is background, ``k`` is ``classes[k]``, :data:`IGNORE_INDEX`
   (255) marks pixels that count for neither loss nor IoU;
 * networks return torchvision's ``{"out": logits[B, C, H, W], "aux": ...}`` at the input size;
-  :meth:`Segmenter.predict` works at a chosen ``size`` (shorter side) and resizes the logits back to
-  the exact input size before the argmax, so a mask always matches its image pixel for pixel.
+  :meth:`Segmenter.predict` works at a chosen ``size`` (shorter side) and resizes the argmax back to
+  the exact input size (nearest), so a mask always matches its image pixel for pixel.
 
 Pretrained weights (:data:`PRETRAINED`) carry what torchvision's weights enums carry: category names,
 input transforms, reported metrics, parameter count, the torchvision file and how to get it. The
@@ -52,6 +52,7 @@ __all__ = [
     "load_backbone_state",
     "normalize",
     "poly_lr_factor",
+    "predict_images",
     "read_segmenter",
     "segmentation_loss",
     "segmenter_checkpoint",
@@ -196,9 +197,8 @@ class Segmenter:
     def normalize(self, x: Tensor) -> Tensor:
         return normalize(x, self.mean, self.std)
 
-    @torch.no_grad()
-    def logits(self, images: Tensor, size: int | None = None) -> Tensor:
-        """``float[B, C, H, W]`` class scores at the input's exact size; the network sees the shorter side at ``size``."""
+    def _working_logits(self, images: Tensor, size: int | None) -> Tensor:
+        """Class scores at the working size (the shorter side at ``size``, default the segmenter's)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise SegmentationError(f"images must be float[B, 3, H, W], got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -207,12 +207,50 @@ class Segmenter:
         work = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = images if work == (h, w) else F.interpolate(images, size=work, mode="bilinear", align_corners=False,
                                                         antialias=scale < 1)
-        out = self.model(self.normalize(x))["out"]
+        return self.model(self.normalize(x))["out"]
+
+    @torch.no_grad()
+    def logits(self, images: Tensor, size: int | None = None) -> Tensor:
+        """``float[B, C, H, W]`` class scores at the input's exact size; the network sees the shorter side at ``size``."""
+        h, w = images.shape[-2:]
+        out = self._working_logits(images, size)
         return out if out.shape[-2:] == (h, w) else F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
+    @torch.no_grad()
+    def predict_scored(self, images: Tensor, size: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(labels int64[B, H, W], confidence float[B, H, W])``: the argmax class (0 = background) and its
+        softmax probability, taken at the working size and resized back to the input's exact size by
+        nearest neighbour (every pixel gets the class of the working pixel it falls in)."""
+        h, w = images.shape[-2:]
+        conf, labels = self._working_logits(images, size).softmax(1).max(1)
+        if labels.shape[-2:] != (h, w):
+            labels = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].long()
+            conf = F.interpolate(conf[:, None], size=(h, w), mode="nearest-exact")[:, 0]
+        return labels, conf
+
     def predict(self, images: Tensor, size: int | None = None) -> Tensor:
-        """``int64[B, H, W]`` class indices (0 = background) at the input size."""
-        return self.logits(images, size).argmax(1)
+        """``int64[B, H, W]`` class indices (0 = background) at the input size (see :meth:`predict_scored`)."""
+        return self.predict_scored(images, size)[0]
+
+
+def predict_images(seg: Segmenter, images: Sequence[Any], size: int | None = None,
+                   device: str | torch.device = "cpu") -> list[tuple[Any, Any]]:
+    """``(labels int64[H, W], confidence float32[H, W])`` numpy arrays per ``uint8[H, W, 3]`` RGB image (see
+    :meth:`Segmenter.predict_scored`); images of one size go through the network together, never stacked
+    across sizes. Used by ``nstray segment`` and by the dataset job's segmenter mask source."""
+    out: list[tuple[Any, Any]] = [None] * len(images)  # type: ignore[list-item]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    seg.model.eval()
+    for shape, idx in groups.items():
+        if len(shape) != 3 or shape[2] != 3:
+            raise SegmentationError(f"images must be uint8[H, W, 3] RGB, got shape {shape}")
+        x = torch.stack([torch.from_numpy(images[i]) for i in idx]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
+        labels, conf = seg.predict_scored(x, size)
+        for j, i in enumerate(idx):
+            out[i] = (labels[j].cpu().numpy(), conf[j].float().cpu().numpy())
+    return out
 
 
 def segmenter_checkpoint(model: nn.Module, arch: str, classes: Sequence[str], *, size: int,
