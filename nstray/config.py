@@ -12,6 +12,12 @@ A job config is a YAML file (or a dict)::
     resources: {actors: 4, gpus_per_actor: 1, batch_size: 8}   # CPU when gpus_per_actor: 0 or no GPU there
     limits: {max_pixels: 40000000}
     format: {type: png, quality: 95}                            # png | jpg
+    segment: {model: s3://bucket/models/parts/best.pt, size: 520, boxes: auto}   # optional
+
+``segment`` adds a segmentation model as a mask source: images without masks (an image folder given as
+``input: {images: ...}`` with no annotations, or annotated images that have none) get predicted part
+masks; ``boxes`` says how box-only annotations become masks (``auto``: the segmenter inside the box
+when there is one, else GrabCut; ``segmenter``; ``grabcut``; ``box``: the box itself).
 
 Everything is validated when the config is loaded, before Ray starts: every error names its field
 path (``resources.actors: must be ≥ 1``), the plan included (``plan.parts.hood.strength: ...``).
@@ -38,6 +44,7 @@ from nstray.data.images import DEFAULT_MAX_PIXELS
 __all__ = [
     "ConfigError",
     "InputConfig",
+    "SegmentConfig",
     "ResourcesConfig",
     "LimitsConfig",
     "FormatConfig",
@@ -58,10 +65,44 @@ class _Model(BaseModel):
 
 
 class InputConfig(_Model):
-    """The COCO annotations file and the folder/prefix its ``file_name`` values are relative to."""
+    """The COCO annotations file and the folder/prefix its ``file_name`` values are relative to; without
+    ``annotations`` (a job with ``segment.model``) every image file under ``images`` is an input."""
 
-    annotations: str = Field(min_length=1)
+    annotations: str | None = Field(None, min_length=1)
     images: str = Field(min_length=1)
+
+
+def _field_error(field: str, message: str, **ctx: Any) -> PydanticCustomError:
+    """A validation error that :func:`_describe` reports under ``field`` (a model validator's errors have no path)."""
+    return PydanticCustomError("field", message, {"field": field, **ctx})
+
+
+
+class SegmentConfig(_Model):
+    """A segmentation model as a mask source (see the module docstring).
+
+    ``model``: a pretrained name (``deeplabv3_resnet50`` ...: whole vehicles, VOC labels) or an ``nstray
+    train-seg`` checkpoint (local or ``s3://``); ``size``: the working size (shorter side, px) the model
+    sees; ``boxes``: how box-only annotations become masks. Only ``boxes: grabcut`` or ``box`` work
+    without a model.
+    """
+
+    model: str | None = Field(None, min_length=1)
+    size: int = Field(520, ge=16, le=8192)
+    boxes: Literal["auto", "segmenter", "grabcut", "box"] = "auto"
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> SegmentConfig:
+        if self.model is None and self.boxes in ("auto", "segmenter"):
+            raise _field_error("segment.model", "required: a pretrained name (deeplabv3_resnet50, "
+                               "lraspp_mobilenet_v3_large ...) or a train-seg checkpoint (a file or s3:// URI); "
+                               "only boxes: grabcut or box work without a model")
+        return self
+
+    def identity(self, checkpoint: dict | None) -> dict:
+        """What of the segmenter decides output pixels: the model reference, ``checkpoint`` (its sha256 and
+        byte size, from :func:`nstray.segmentation.segmenter_identity`), the working size and the box mode."""
+        return {"model": self.model, "checkpoint": checkpoint, "size": self.size, "boxes": self.boxes}
 
 
 class ResourcesConfig(_Model):
@@ -169,14 +210,27 @@ class JobConfig(_JobBase):
     format: FormatConfig = Field(default_factory=FormatConfig)
     rows_per_shard: int = Field(256, ge=1)
     kind: Literal["images"] = "images"
+    segment: SegmentConfig | None = None
 
-    def fingerprint(self) -> str:
-        """A hash of everything that decides an output's pixels (plan, seed, format).
+    @model_validator(mode="after")
+    def _labels_from_somewhere(self) -> JobConfig:
+        if self.input.annotations is None and (self.segment is None or self.segment.model is None):
+            raise _field_error("input.annotations", "required unless a segmentation model labels the images: give "
+                               "input.annotations (COCO .json), or segment: {model: NAME_OR_CHECKPOINT} to style an "
+                               "image folder with predicted part masks")
+        return self
+
+    def fingerprint(self, segmenter: dict | None = None) -> str:
+        """A hash of everything that decides an output's pixels (plan, seed, format, and the segmenter).
 
         The manifest records it per output; a rerun skips only outputs done with the same
         fingerprint, so changing the plan restyles instead of silently keeping stale images.
+        ``segmenter``: the checkpoint's identity (sha256, bytes) when ``segment.model`` is set, so a
+        retrained model under the same URI also redoes the outputs.
         """
         key = {"v": 1, "plan": self.plan, "seed": self.seed, "format": self.format.model_dump()}
+        if self.segment is not None:  # absent otherwise: jobs without a segmenter keep their fingerprints
+            key["segment"] = self.segment.identity(segmenter)
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -236,6 +290,7 @@ class VideoJobConfig(_JobBase):
 
 _MODELS: dict[str, type[BaseModel]] = {
     "": JobConfig, "input": InputConfig, "resources": ResourcesConfig, "limits": LimitsConfig, "format": FormatConfig,
+    "segment": SegmentConfig,
 }
 _VIDEO_MODELS: dict[str, type[BaseModel]] = dict(_MODELS, **{"": VideoJobConfig, "input": VideoInputConfig,
                                                              "video": VideoConfig})
@@ -248,6 +303,8 @@ def _describe(err: dict, models: dict[str, type[BaseModel]] = _MODELS) -> str:
     loc = [p for p in loc if not (p.startswith(("dict[", "str", "literal[", "bool")) and p != loc[0])]
     path = ".".join(loc) or "<config>"
     kind, ctx, msg = err["type"], err.get("ctx") or {}, err["msg"]
+    if kind == "field":
+        return f"{ctx['field']}: {msg}"
     if kind == "extra_forbidden":
         model = models.get(".".join(loc[:-1]), models[""])
         keys = sorted(model.model_fields, key=lambda k: k != "input")  # the job's own input first
@@ -352,8 +409,15 @@ def load_config(source: str | os.PathLike | dict | JobConfig | VideoJobConfig, *
             "output": _resolve(cfg.output, base),
             "plan": plan.model_dump(mode="json", exclude_none=True),
         })
+    from nstray.weights import REGISTRY
+
+    ann = cfg.input.annotations
+    seg = cfg.segment
+    if seg is not None and seg.model is not None and seg.model not in REGISTRY:  # a checkpoint: a path or URI
+        seg = seg.model_copy(update={"model": _resolve(seg.model, base)})
     return cfg.model_copy(update={
-        "input": InputConfig(annotations=_resolve(cfg.input.annotations, base), images=_resolve(cfg.input.images, base)),
+        "input": InputConfig(annotations=_resolve(ann, base) if ann else None, images=_resolve(cfg.input.images, base)),
         "output": _resolve(cfg.output, base),
         "plan": plan.model_dump(mode="json", exclude_none=True),
+        "segment": seg,
     })

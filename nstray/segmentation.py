@@ -4,6 +4,8 @@
   :data:`nstray.models.segmentation.PRETRAINED`) through the weights registry (torch hub cache, or an
   ``s3://`` copy staged with ``nstray weights push``), or an nstray checkpoint from ``nstray train-seg``
   (local file or ``s3://``, cached by the registry); always ``torch.load(weights_only=True)``.
+* :func:`segmenter_identity` — what a job needs to know of a segmenter before Ray starts (its class list,
+  checksum and size) without building its network.
 * :func:`evaluate` — one confusion matrix over records, each image predicted at full size.
 * :func:`predict_coco` — a COCO dict of predicted masks: one RLE annotation per (image, class present),
   ``score`` = the mean probability of the class over its mask, ``predicted: true``.
@@ -21,7 +23,7 @@ from nstray.data.coco import ImageRecord
 from nstray.data.images import DEFAULT_MAX_PIXELS, decode_image
 from nstray.models.segmentation import PRETRAINED, SegmentationError, Segmenter, confusion_matrix
 
-__all__ = ["load_segmenter", "model_class_index", "evaluate", "predict_coco"]
+__all__ = ["load_segmenter", "segmenter_identity", "model_class_index", "evaluate", "predict_coco"]
 
 
 def load_segmenter(ref: str, device: str | torch.device = "cpu") -> Segmenter:
@@ -40,6 +42,34 @@ def load_segmenter(ref: str, device: str | torch.device = "cpu") -> Segmenter:
         seg = read_segmenter(loaded, label=ref)
     seg.model.to(device)
     return seg
+
+
+def segmenter_identity(ref: str) -> dict[str, Any]:
+    """``{"uri", "sha256", "bytes", "arch", "classes"}`` of the segmenter ``ref`` (a pretrained name or a
+    checkpoint), read without building its network (a checkpoint is memory-mapped); a missing or wrong file
+    raises :class:`SegmentationError` saying how to get or fix it."""
+    from pathlib import Path
+
+    from nstray import weights
+    from nstray.models.segmentation import CHECKPOINT_FORMAT
+
+    try:
+        path = weights.resolve(ref)
+        entry = weights.REGISTRY.get(ref)
+        sha = entry.sha256 if entry and entry.sha256 else weights.sha256_file(path)
+        if ref in PRETRAINED:
+            info = PRETRAINED[ref]
+            arch, classes = info.arch, ["background", *info.categories[1:]]
+        else:
+            ckpt = weights.load_checkpoint(path, ref, mmap=True)
+            if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT or "classes" not in ckpt:
+                raise SegmentationError(f"{ref} is not an nstray segmenter checkpoint; train one with `nstray "
+                                        "train-seg`, or give a pretrained name such as deeplabv3_resnet50")
+            arch, classes = str(ckpt.get("arch")), [str(c) for c in ckpt["classes"]]
+    except (weights.WeightsNotFound, weights.WeightsChecksumError, weights.WeightsLoadError) as exc:
+        raise SegmentationError(str(exc)) from None
+    return {"uri": entry.uri if entry else ref, "sha256": sha, "bytes": Path(path).stat().st_size, "arch": arch,
+            "classes": classes}
 
 
 def model_class_index(seg: Segmenter, categories: Sequence[str], class_map: Mapping[str, str] | None = None) -> dict[str, int]:

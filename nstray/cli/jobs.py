@@ -37,7 +37,8 @@ def _inputs(cfg: JobConfig | VideoJobConfig) -> tuple[dict[str, str], str]:
     from nstray.pipeline.safety import job_inputs
 
     if getattr(cfg, "kind", "images") != "video":
-        return job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan), "input.images"
+        return job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan,
+                          cfg.segment.model if cfg.segment else None), "input.images"
     from nstray.pipeline.video_job import video_inputs
 
     return video_inputs(cfg)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nstray import masks, storage
-from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, probe_image
+from nstray.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, probe_image
 
 __all__ = [
     "BOX_TOLERANCE_PX",
@@ -39,6 +39,8 @@ __all__ = [
     "unsafe_file_name",
     "load_coco",
     "read_records",
+    "list_image_files",
+    "listing_records",
     "validate",
 ]
 
@@ -109,7 +111,10 @@ class Part:
 
 @dataclass
 class ImageRecord:
-    """One image and its parts. ``uri`` is where its bytes are (images root + ``file_name``)."""
+    """One image and its parts. ``uri`` is where its bytes are (images root + ``file_name``).
+
+    ``width``/``height`` 0: not known until the image is decoded (a record of an image listing,
+    :func:`listing_records`)."""
 
     image_id: int
     file_name: str
@@ -568,3 +573,34 @@ def validate(
         "box_only_parts": sum(p.box_only for r in records for p in r.parts),
     }
     return ValidationReport(records=records, errors=errors, counts=counts)
+
+
+# ---------------------------------------------------------------- records of an image listing
+
+
+def list_image_files(root: str) -> list[str]:
+    """Sorted URIs of every image file (:data:`~nstray.data.images.IMAGE_EXTENSIONS`) below the folder or
+    ``s3://`` prefix ``root``; none, or an unreadable root, raises :class:`DatasetError`."""
+    try:
+        uris = sorted(u for u in storage.list_files(root) if u.lower().endswith(IMAGE_EXTENSIONS))
+    except storage.StorageError as exc:
+        raise DatasetError(f"{exc}; fix: check the images folder or prefix") from None
+    if not uris:
+        raise _fail(str(root), f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found",
+                    "give a folder or s3:// prefix of images, or a COCO annotations .json")
+    return uris
+
+
+def listing_records(root: str, uris: list[str] | None = None) -> list[ImageRecord]:
+    """One record per image file under ``root`` (``uris``, default :func:`list_image_files`): no parts, size
+    unknown (0) until decoded, ``file_name`` relative to ``root``, ids 1, 2, ... in sorted order (the ids
+    ``nstray segment`` gives). Sits where :func:`read_records` does for an image folder without annotations."""
+    base = str(root).rstrip("/") + "/"
+    if not storage.is_s3(root):
+        base = os.path.abspath(storage.parse(root).path).rstrip(os.sep) + os.sep
+    out = []
+    for i, uri in enumerate(sorted(uris if uris is not None else list_image_files(root))):
+        path = uri if storage.is_s3(uri) else os.path.abspath(storage.parse(uri).path)
+        rel = path[len(base):] if path.startswith(base) else path.rsplit("/", 1)[-1]
+        out.append(ImageRecord(i + 1, rel.replace(os.sep, "/"), 0, 0, [], uri))
+    return out

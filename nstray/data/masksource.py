@@ -18,19 +18,29 @@ image, or one frame of a video) whose pixels the caller has already decoded::
 * Video sources (:mod:`nstray.data.video_annotations`): per-frame YouTube-VIS masks, COCO files whose
   images are frames (``video_id`` / ``frame_id``), and keyframes propagated along optical flow
   (:mod:`nstray.video.masks`).
-* A segmentation model joins later as one more implementation of :class:`MaskSource`.
+* :class:`SegmenterParts`: a segmentation model (:class:`~nstray.models.segmentation.Segmenter`, loaded by
+  the caller once): images without parts get its predicted classes as parts, box-only parts a mask
+  inside their box (the segmenter's pixels of the part's category, else GrabCut, else the box);
+  :meth:`SegmenterParts.labels_batch` predicts a batch at once. The image job runs it inside its
+  stylizer actors. :class:`CocoParts` with ``boxes="grabcut"``/``"auto"`` gives box-only parts GrabCut
+  masks without a model.
+
+Every source also says where each image's masks came from (:attr:`PartLabels.provenance`: ``coco``,
+``segmenter``, ``grabcut``, ``box`` or a ``+`` of them) and, for masks it made, ``PartLabels.predicted``:
+COCO-style annotations (RLE ``segmentation``, ``area``, ``bbox``, ``score``, ``mask_source``) that name
+their ``category`` (a whole-image prediction) or the ``ann_id`` of the box-only part they fill.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["PartLabels", "MaskSource", "MaskSourceError", "WholeFrame", "CocoParts", "LabelImage", "coco_record",
-           "check_labels"]
+__all__ = ["PartLabels", "MaskSource", "MaskSourceError", "WholeFrame", "CocoParts", "SegmenterParts", "LabelImage",
+           "coco_record", "check_labels", "filled_boxes"]
 
 
 class MaskSourceError(ValueError):
@@ -39,10 +49,13 @@ class MaskSourceError(ValueError):
 
 @dataclass
 class PartLabels:
-    """One record's parts: ``label_map`` int32 [H, W] (−1 background, ``k`` part ``k``); ``categories[k]``."""
+    """One record's parts: ``label_map`` int32 [H, W] (−1 background, ``k`` part ``k``); ``categories[k]``;
+    ``provenance`` (where the masks came from) and ``predicted`` (annotations of masks the source made)."""
 
     label_map: np.ndarray
     categories: list[str]
+    provenance: str = ""
+    predicted: list[dict] = field(default_factory=list)
 
 
 class MaskSource(Protocol):
@@ -74,27 +87,117 @@ class WholeFrame:
 
 
 class CocoParts:
-    """Labels of a COCO :class:`~nstray.data.coco.ImageRecord`; overlaps by ``order`` (see :func:`nstray.masks.label_map`)."""
+    """Labels of a COCO :class:`~nstray.data.coco.ImageRecord`; overlaps by ``order`` (see :func:`nstray.masks.label_map`).
 
-    def __init__(self, order: str | Sequence[str] = "smaller-on-top") -> None:
+    ``boxes``: masks of box-only parts: ``box`` (the box itself), or ``grabcut``/``auto`` (GrabCut from the box,
+    the box where GrabCut cannot say; needs the image, so :meth:`labels_at` always draws boxes).
+    """
+
+    def __init__(self, order: str | Sequence[str] = "smaller-on-top", boxes: str = "box") -> None:
         self.order = order
+        self.boxes = boxes
 
     def labels(self, record: Any, image: np.ndarray) -> PartLabels:
         h, w = image.shape[:2]
         if (record.height, record.width) != (h, w):
             raise MaskSourceError(f"{_where(record)}: the annotations say {record.width}x{record.height} but the image "
                                   f"is {w}x{h}; is it the right image? If so, fix its width/height in the annotations")
+        if self.boxes != "box" and any(p.box_only for p in record.parts):
+            return check_labels(filled_boxes(record, image, self.order, "grabcut"), image, _where(record))
         return check_labels(self.labels_at(record, h, w), image, _where(record))
 
     def labels_at(self, record: Any, height: int, width: int) -> PartLabels:
         """The labels at ``height`` x ``width`` without the decoded image (callers that keep it encoded)."""
-        from nstray.masks import MaskError, label_map
+        from nstray.masks import MaskError, label_map, mask_sources
 
         try:
             lm = label_map(record.parts, height, width, self.order)
         except MaskError as exc:
             raise MaskSourceError(f"{_where(record)}: {exc}") from None
-        return PartLabels(lm, [p.category for p in record.parts])
+        return PartLabels(lm, [p.category for p in record.parts],
+                          mask_sources(*("box" if p.box_only else "coco" for p in record.parts)))
+
+
+def filled_boxes(record: Any, image: np.ndarray, order: str | Sequence[str], mode: str,
+                 labels: np.ndarray | None = None, confidence: np.ndarray | None = None,
+                 classes: Sequence[str] = ()) -> PartLabels:
+    """``record``'s labels with each box-only part given a mask inside its box (:func:`nstray.masks.box_masks`:
+    from the segmenter's ``labels``/``classes`` when given and ``mode`` allows, else GrabCut, else the box)."""
+    from nstray.masks import MaskError, box_masks, encode_mask, label_map, mask_sources, with_masks
+
+    h, w = image.shape[:2]
+    masks, sources = box_masks(image, record.parts, mode, labels=labels, classes=classes)
+    try:
+        lm = label_map(with_masks(record.parts, masks), h, w, order)
+    except MaskError as exc:
+        raise MaskSourceError(f"{_where(record)}: {exc}") from None
+    predicted = []
+    for k, mask in masks.items():
+        score = None
+        if sources[k] == "segmenter" and confidence is not None:
+            score = round(float(confidence[mask].mean()), 6)
+        predicted.append({"ann_id": int(record.parts[k].ann_id), "segmentation": encode_mask(mask),
+                          "area": float(mask.sum()), "score": score, "mask_source": sources[k]})
+    prov = mask_sources(*(sources.get(k, "coco") for k in range(len(record.parts))))
+    return PartLabels(lm, [p.category for p in record.parts], prov, predicted)
+
+
+class SegmenterParts:
+    """Labels from a segmentation model (see the module docstring): a record without parts gets one part per
+    predicted class named in ``parts`` (classes outside it are background: label −1) and one predicted
+    annotation per class present; a record with box-only parts gets masks inside its boxes (``boxes``
+    mode, see :func:`nstray.masks.box_masks`); other records keep their COCO parts.
+
+    ``segmenter``: a loaded :class:`~nstray.models.segmentation.Segmenter`; ``size``: its working size
+    (default its own); ``parts``: category names to keep (None: every class).
+    """
+
+    def __init__(self, segmenter: Any, *, size: int | None = None, parts: Sequence[str] | None = None,
+                 boxes: str = "auto", order: str | Sequence[str] = "smaller-on-top", device: Any = "cpu") -> None:
+        self.segmenter = segmenter
+        self.size = size
+        self.keep = None if parts is None else set(parts)
+        self.boxes = boxes
+        self.order = order
+        self.device = device
+
+    def needs_model(self, record: Any) -> bool:
+        """Whether ``record``'s labels need a prediction (no parts; box-only parts the segmenter fills)."""
+        return not record.parts or (self.boxes in ("auto", "segmenter") and any(p.box_only for p in record.parts))
+
+    def labels(self, record: Any, image: np.ndarray) -> PartLabels:
+        return self.labels_batch([record], [image])[0]
+
+    def labels_batch(self, records: Sequence[Any], images: Sequence[np.ndarray]) -> list[PartLabels]:
+        """Labels of each record; the images that need the model go through it together (same-size images in
+        one forward pass). Raises on the first failure: callers retry one at a time to find the culprit."""
+        from nstray.models.segmentation import predict_images
+
+        todo = [i for i, r in enumerate(records) if self.needs_model(r)]
+        preds = dict(zip(todo, predict_images(self.segmenter, [images[i] for i in todo], self.size, self.device)))
+        out = []
+        for i, (record, image) in enumerate(zip(records, images)):
+            where = _where(record)
+            if i not in preds:
+                out.append(CocoParts(self.order, boxes="box" if self.boxes == "box" else "grabcut").labels(record, image))
+            elif record.parts:
+                lab, conf = preds[i]
+                out.append(check_labels(filled_boxes(record, image, self.order, self.boxes, lab, conf,
+                                                     self.segmenter.classes), image, where))
+            else:
+                out.append(check_labels(self._whole(*preds[i]), image, where))
+        return out
+
+    def _whole(self, labels: np.ndarray, confidence: np.ndarray) -> PartLabels:
+        from nstray.masks import mask_annotations
+
+        classes = self.segmenter.classes
+        present = [k for k in np.unique(labels).tolist()
+                   if 0 < k < len(classes) and (self.keep is None or classes[k] in self.keep)]
+        lut = np.full(len(classes), -1, dtype=np.int32)
+        lut[present] = np.arange(len(present), dtype=np.int32)
+        predicted = [dict(a, mask_source="segmenter") for a in mask_annotations(labels, confidence, classes)]
+        return PartLabels(lut[labels], [classes[k] for k in present], "segmenter", predicted)
 
 
 def _where(record: Any) -> str:

@@ -124,7 +124,7 @@ class JobSummary(RunSummary):
 
 # manifest columns the driver keeps per output (resume, errors, COCO out); models and timings stay on disk
 _KEPT = ("image_id", "variant", "source_file", "output_key", "width", "height", "styles", "seed", "fingerprint",
-         "status", "stage", "error", "size", "sha256")
+         "status", "stage", "error", "size", "sha256", "mask_source", "predicted")
 
 
 
@@ -188,9 +188,45 @@ def run_job(
     """
     cfg = load_config(config)
     run_id = outputs.new_run_id()
-    with guarded(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan), run_id):
+    with guarded(cfg.output, job_inputs(cfg.input.annotations, cfg.input.images, cfg.plan,
+                                        cfg.segment.model if cfg.segment else None), run_id):
         return _run_locked(cfg, run_id, address=address, on_progress=on_progress, notify=notify,
                            ray_progress_bars=ray_progress_bars, verify=verify)
+
+
+def _segmenter_identity(cfg: JobConfig) -> dict | None:
+    """The configured segmenter's identity and classes (:func:`nstray.segmentation.segmenter_identity`), or
+    None; a missing or wrong checkpoint is a :class:`~nstray.config.ConfigError` naming ``segment.model``."""
+    if cfg.segment is None or cfg.segment.model is None:
+        return None
+    from nstray.config import ConfigError
+    from nstray.models.segmentation import SegmentationError
+    from nstray.segmentation import segmenter_identity
+
+    try:
+        return segmenter_identity(cfg.segment.model)
+    except SegmentationError as exc:
+        raise ConfigError(f"segment.model: {exc}") from None
+
+
+def _read_inputs(cfg: JobConfig, segmenter: dict | None) -> tuple[dict, list, list]:
+    """``(source COCO, records, record errors)``: the annotations' records, or, for ``input: {images}`` alone,
+    one record per image file (:func:`nstray.data.coco.listing_records`) and a COCO document of those images
+    with the segmenter's classes as categories (what the styled set's ``annotations.json`` is built on)."""
+    from nstray.data.coco import listing_records, load_coco, read_records
+
+    if cfg.input.annotations is not None:
+        coco = load_coco(cfg.input.annotations)
+        records, errors = read_records(coco, cfg.input.images, check_files=False, max_pixels=cfg.limits.max_pixels,
+                                       source=cfg.input.annotations)
+        return coco, records, errors
+    assert segmenter is not None  # the config refuses input without annotations and without segment.model
+    records = listing_records(cfg.input.images)
+    coco = {"info": {"description": f"images under {cfg.input.images}, parts predicted by {cfg.segment.model}"},
+            "images": [{"id": r.image_id, "file_name": r.file_name} for r in records], "annotations": [],
+            "categories": [{"id": k, "name": c, "supercategory": "vehicle_part"}
+                           for k, c in enumerate(segmenter["classes"]) if k]}
+    return coco, records, []
 
 
 def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
@@ -200,7 +236,8 @@ def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
     previous = outputs.read_manifest(out).select(list(_KEPT)).to_pylist()
     latest: dict[tuple[int, int], dict] = {(int(r["image_id"]), int(r["variant"])): r for r in previous}
     done_rows = {k: r for k, r in latest.items() if r["status"] == "done" and r["fingerprint"] == fingerprint
-                 and k[0] in by_id and k[1] < cfg.variants}
+                 and k[0] in by_id and k[1] < cfg.variants
+                 and r["source_file"] == by_id[k[0]].file_name}  # an id now naming another file is redone
     sizes = outputs.output_sizes(out)
     bad = outputs.check_outputs(out, done_rows, sizes, deep=verify) if done_rows else {}
     if bad:
@@ -219,25 +256,22 @@ def _resume_state(cfg: JobConfig, by_id: dict, fingerprint: str, verify: bool,
 def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress: ProgressFn | None,
                 notify: Callable[[str], None] | None, ray_progress_bars: bool, verify: bool) -> JobSummary:
     """:func:`run_job` once the output's lease is held."""
-    from nstray.data.coco import load_coco, read_records
-
     say = notify or log.info
     t_start = time.perf_counter()
     out = cfg.output
     summary = JobSummary(output=out, run_id=run_id)
 
-    coco = load_coco(cfg.input.annotations)
+    segmenter = _segmenter_identity(cfg)  # the checkpoint is there and is a segmenter, before Ray starts
+    coco, records, record_errors = _read_inputs(cfg, segmenter)
     categories = sorted({c["name"] for c in coco.get("categories", [])})
-    plan = cfg.load_plan(categories=categories)  # part names must be the dataset's categories
+    plan = cfg.load_plan(categories=categories)  # part names must be the dataset's (or the segmenter's) categories
     check_plan_assets(plan, max_pixels=cfg.limits.max_pixels)  # style images and weights load, before Ray starts
-    records, record_errors = read_records(coco, cfg.input.images, check_files=False,
-                                          max_pixels=cfg.limits.max_pixels, source=cfg.input.annotations)
     by_id = {r.image_id: r for r in records}
     summary.records = len(records)
     summary.bad_records = len({(e.image_id, e.file_name) for e in record_errors})
     summary.outputs = len(records) * cfg.variants
 
-    fingerprint = cfg.fingerprint()
+    fingerprint = cfg.fingerprint({k: segmenter[k] for k in ("sha256", "bytes")} if segmenter else None)
     latest, done_rows, sizes, summary.redone = _resume_state(cfg, by_id, fingerprint, verify, say)
     work = plan_work([r.image_id for r in records], set(done_rows), cfg.variants)
     summary.skipped = work.skipped
@@ -266,6 +300,11 @@ def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress
             seed=cfg.seed, fingerprint=fingerprint, variants=work.default, exceptions=work.exceptions,
             device_codec=cfg.resources.device_codec(placement.gpus_per_actor, cpus / gpus if gpus else float("inf")),
             images_root=cfg.input.images,
+            boxes=cfg.segment.boxes if cfg.segment else "auto",
+            segment_model=cfg.segment.model if cfg.segment else None,
+            segment_size=cfg.segment.size if cfg.segment else 520,
+            segment_id=tuple((k, str(segmenter[k])) for k in ("uri", "sha256")) + (("name", "segmenter"),)
+            if segmenter else (),
         )
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
@@ -356,7 +395,7 @@ def _finalize(cfg: JobConfig, coco: dict, records: Sequence[Any], by_id: dict, r
     done = [r for k, r in sorted(latest.items())
             if r["status"] == "done" and r["fingerprint"] == fingerprint and k[0] in by_id and k[1] < cfg.variants]
     essentials = [(r["image_id"], r["variant"], r["output_key"], r["styles"], r["seed"], r["width"], r["height"],
-                   r["source_file"]) for r in done]
+                   r["source_file"], r.get("mask_source"), outputs.digest(r.get("predicted"))) for r in done]
     d = outputs.digest({"coco": outputs.digest(coco), "done": essentials})
     if state.get("annotations") != d or not storage.exists(paths["annotations"]):
         styled = outputs.build_coco(coco, done)

@@ -5,7 +5,9 @@
   run keeps everything it finished; the latest row per (image, variant) wins when read back.
 - ``errors.parquet``: one row per failed record of the latest run (image id, file, stage, reason, fix).
 - ``annotations.json``: COCO of the styled set: one image per output, the source's annotations copied
-  onto each, and ``nstray`` provenance (source image, variant, styles) per image.
+  onto each, the masks the job made (predicted by the segmenter, or filled into boxes) as RLE annotations
+  with ``predicted: true``, ``score`` and ``mask_source``, and ``nstray`` provenance (source image,
+  variant, styles, mask source) per image.
 - ``contact_sheet.png``: a few results, original | variants.
 - ``_state.json``: digests of what the three files above were built from, so a rerun that changes
   nothing rewrites nothing.
@@ -77,8 +79,10 @@ def manifest_schema():
         ("styles", pa.string()),  # JSON {category: style name}
         ("models", pa.string()),  # JSON [{name, uri, sha256}]
         ("worker", pa.string()),  # JSON {node, actor, pid, device, cuda_visible_devices, restarted} (stages.worker_info)
+        ("mask_source", pa.string()),  # where the image's masks came from: coco, segmenter, grabcut, box, coco+grabcut ...
+        ("predicted", pa.string()),  # JSON list of the masks the job made (PartLabels.predicted), for annotations.json
         ("seed", pa.int64()),
-        ("fingerprint", pa.string()),  # hash of plan + seed + format (JobConfig.fingerprint)
+        ("fingerprint", pa.string()),  # hash of plan + seed + format (+ segmenter) (JobConfig.fingerprint)
         ("status", pa.string()),  # done | failed
         ("stage", pa.string()),  # where it failed: read, decode, masks, stylize, encode, write
         ("error", pa.string()),
@@ -337,6 +341,8 @@ _DEFAULT_FIX = {
             "and is readable with these credentials",
     "decode": "re-export the image as RGB PNG or JPEG",
     "masks": "fix the annotation's segmentation (polygons of >= 3 points inside the image, or RLE of the image size)",
+    "segment": "check the image and segment.model; rerun the job to retry (out-of-memory: lower segment.size or "
+               "resources.batch_size)",
     "stylize": "check the image and the plan; rerun the job to retry (out-of-memory: lower resources.batch_size)",
     "encode": "rerun the job to retry",
     "write": "check that the output location is writable (permissions, free space, bucket) and rerun the job",
@@ -388,13 +394,18 @@ def write_errors(output: str, rows: list[dict]) -> str:
 def build_coco(source: dict, done: Sequence[dict], *, description: str = "") -> dict:
     """The styled set as COCO: one image per done output (sorted by source id, variant), the source
     image's annotations copied onto it with new ids, ``file_name`` = the output key (relative to the
-    output root) and ``nstray`` provenance (source image id and file, variant, styles)."""
+    output root) and ``nstray`` provenance (source image id and file, variant, styles, mask source).
+
+    The masks a row's ``predicted`` lists (JSON) join them: a box-only annotation gets the mask made
+    inside its box, and a whole-image prediction becomes a new annotation of the category of that name
+    (none when ``source`` has no such category); both carry ``predicted: true`` and ``mask_source``."""
     images_by_id = {img["id"]: img for img in source.get("images", []) if isinstance(img, dict) and "id" in img}
     anns_by_image: dict[Any, list[dict]] = {}
     for ann in source.get("annotations", []):
         if isinstance(ann, dict):
             anns_by_image.setdefault(ann.get("image_id"), []).append(ann)
 
+    cat_ids = {c["name"]: c["id"] for c in source.get("categories", []) if isinstance(c, dict)}
     images: list[dict] = []
     annotations: list[dict] = []
     for row in sorted(done, key=lambda r: (int(r["image_id"]), int(r["variant"]))):
@@ -414,11 +425,24 @@ def build_coco(source: dict, done: Sequence[dict], *, description: str = "") -> 
                 "variant": int(row["variant"]),
                 "styles": json.loads(row["styles"]) if isinstance(row["styles"], str) else row["styles"],
                 "seed": int(row["seed"]),
+                "mask_source": row.get("mask_source") or "coco",
             },
         })
         images.append(entry)
+        predicted = json.loads(row.get("predicted") or "[]")
+        filled = {int(p["ann_id"]): p for p in predicted if "ann_id" in p}
         for ann in anns_by_image.get(int(row["image_id"]), []):
-            annotations.append(dict(ann, id=len(annotations) + 1, image_id=new_id))
+            fill = filled.get(ann.get("id"))  # a box-only annotation whose mask the job made
+            extra = {} if fill is None else {"segmentation": fill["segmentation"], "area": fill["area"],
+                                             "predicted": True, "mask_source": fill["mask_source"],
+                                             **({"score": fill["score"]} if fill.get("score") is not None else {})}
+            annotations.append(dict(ann, id=len(annotations) + 1, image_id=new_id, **extra))
+        for p in predicted:  # whole-image predictions: categories matched by name
+            if "category" in p and p["category"] in cat_ids:
+                annotations.append({"id": len(annotations) + 1, "image_id": new_id, "category_id": cat_ids[p["category"]],
+                                    "segmentation": p["segmentation"], "area": p["area"], "bbox": p["bbox"],
+                                    "iscrowd": 0, "predicted": True, "score": p["score"],
+                                    "mask_source": p.get("mask_source", "segmenter")})
     info = dict(source.get("info") or {}) if isinstance(source.get("info"), dict) else {}
     info["description"] = description or f"nstray styled set of {info.get('description', 'a COCO dataset')}"
     out = {"info": info, "images": images, "annotations": annotations, "categories": source.get("categories", [])}

@@ -25,9 +25,14 @@ def _is_location(value: Any) -> bool:
     return isinstance(value, str) and bool(value) and (storage.is_s3(value) or "/" in value)
 
 
-def job_inputs(annotations: str, images: str, plan: Mapping[str, Any] | None = None) -> dict[str, str]:
+def job_inputs(annotations: str | None, images: str, plan: Mapping[str, Any] | None = None,
+               segment_model: str | None = None) -> dict[str, str]:
     """``{config field: location}`` of everything a dataset job reads."""
-    found = {"input.annotations": annotations, "input.images": images}
+    found = {"input.images": images}
+    if annotations:
+        found["input.annotations"] = annotations
+    if _is_location(segment_model):
+        found["segment.model"] = str(segment_model)
     for name, spec in ((plan or {}).get("styles") or {}).items():
         if isinstance(spec, Mapping):
             for key in ("image", "weights"):

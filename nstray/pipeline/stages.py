@@ -4,8 +4,11 @@ Every stage takes and returns a batch (``dict[str, np.ndarray]``, one entry per 
 raises for a single record: a record that fails keeps flowing with ``stage``/``error`` set, so it
 becomes a manifest row and an ``errors.parquet`` row while the rest of its batch goes on.
 
-- :func:`prepare_batch` (CPU task): read the image bytes, decode, build the part label map.
-- :class:`Stylizer` (actor; models loaded once in ``__init__``): style every pending variant.
+- :func:`prepare_batch` (CPU task): read the image bytes, decode, build the part label map (COCO parts;
+  box-only parts through GrabCut unless ``boxes: box``); a record that needs the segmenter is only read.
+- :class:`Stylizer` (actor; models loaded once in ``__init__``): with ``segment.model``, first label the
+  records that need it (:func:`segment_rows`, the segmenter mask source, batched), then style every
+  pending variant.
 - :func:`encode_write_batch` (CPU task): encode PNG/JPEG and write it under its deterministic key
   (``images/<image_id>/<variant>.<ext>``, atomic), returning the manifest rows.
 
@@ -31,6 +34,7 @@ __all__ = [
     "output_key",
     "encode_image",
     "prepare_batch",
+    "segment_rows",
     "stylize_rows",
     "encode_write_batch",
     "model_ids",
@@ -66,6 +70,16 @@ class StageOptions:
     exceptions: dict[int, tuple[int, ...]] = field(default_factory=dict)
     device_codec: bool = False  # JPEGs are decoded/encoded by the stylizer on its device (nvjpeg on a GPU)
     images_root: str | None = None  # local: a file whose real path is outside it is never read (symlinks)
+    boxes: str = "auto"  # box-only parts: auto | segmenter | grabcut | box (JobConfig.segment.boxes)
+    segment_model: str | None = None  # the segmenter the actors load (segment.model), if any
+    segment_size: int = 520
+    segment_id: tuple[tuple[str, str], ...] = ()  # its identity for the manifest's models column
+
+    def needs_model(self, parts: Sequence[Any]) -> bool:
+        """Whether a record with ``parts`` is labeled by the segmenter in the actor (no parts at all, or
+        box-only parts the segmenter fills)."""
+        return bool(self.segment_model) and (not parts or (self.boxes in ("auto", "segmenter")
+                                                            and any(p.box_only for p in parts)))
 
     def pending(self, image_id: int) -> tuple[int, ...]:
         """The variants still to make for ``image_id``."""
@@ -132,7 +146,8 @@ def _labels_dtype(num_parts: int) -> np.dtype:
 # ---------------------------------------------------------------- stage 1: read + decode + masks
 
 PREPARED_COLUMNS = ("image_id", "file_name", "uri", "height", "width", "pixels", "encoding", "labels",
-                    "labels_dtype", "categories", "stage", "error", "prepare_s")
+                    "labels_dtype", "categories", "parts", "deferred", "mask_source", "predicted", "stage", "error",
+                    "prepare_s")
 
 
 def _check_size(image: np.ndarray, height: int, width: int) -> None:
@@ -179,20 +194,28 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         ldtype = "int8"
         h, w = rec.height, rec.width
         categories: list[str] = [p.category for p in rec.parts]
+        deferred = opts.needs_model(rec.parts)
+        grabcut = not deferred and opts.boxes != "box" and any(p.box_only for p in rec.parts)
+        mask_source, predicted = "", "[]"
         try:
             stage = "read"
             data = storage.read_bytes(rec.uri, within=opts.images_root)
             stage = "decode"
-            if opts.device_codec and _keep_jpeg(data, rec, opts.max_pixels):
+            if opts.device_codec and not grabcut and _keep_jpeg(data, rec, opts.max_pixels):
                 pixels, encoding = data, "jpeg"
             else:
                 image = decode_image(data, name=rec.file_name, max_pixels=opts.max_pixels)
-                _check_size(image, rec.height, rec.width)
+                if rec.width:
+                    _check_size(image, rec.height, rec.width)
+                else:  # a record of an image listing: its size is the file's
+                    h, w = image.shape[:2]
                 pixels = image.tobytes()
             stage = "masks"
-            lm = source.labels_at(rec, rec.height, rec.width).label_map  # the pixels are checked against rec above
-            dt = _labels_dtype(len(rec.parts))
-            labels, ldtype = lm.astype(dt).tobytes(), dt.name
+            if not deferred:  # the pixels are checked against rec above
+                pl = CocoParts(source.order, boxes="grabcut").labels(rec, image) if grabcut else source.labels_at(rec, h, w)
+                dt = _labels_dtype(len(pl.categories))
+                labels, ldtype = pl.label_map.astype(dt).tobytes(), dt.name
+                mask_source, predicted = pl.provenance, json.dumps(pl.predicted)
             stage = ""
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
             error = _reason(exc)
@@ -206,6 +229,10 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         cols["labels"].append(labels)
         cols["labels_dtype"].append(ldtype)
         cols["categories"].append(json.dumps(categories))
+        cols["parts"].append(str(batch["parts"][i]) if deferred else "[]")
+        cols["deferred"].append(deferred)
+        cols["mask_source"].append(mask_source)
+        cols["predicted"].append(predicted)
         cols["stage"].append(stage)
         cols["error"].append(error)
         cols["prepare_s"].append(time.perf_counter() - t0)
@@ -220,16 +247,72 @@ def prepare_batch(batch: Batch, opts: StageOptions) -> Batch:
         "labels": _objects(cols["labels"]),
         "labels_dtype": _objects(cols["labels_dtype"]),
         "categories": _objects(cols["categories"]),
+        "parts": _objects(cols["parts"]),
+        "deferred": np.asarray(cols["deferred"], dtype=bool),
+        "mask_source": _objects(cols["mask_source"]),
+        "predicted": _objects(cols["predicted"]),
         "stage": _objects(cols["stage"]),
         "error": _objects(cols["error"]),
         "prepare_s": np.asarray(cols["prepare_s"], dtype=np.float64),
     }
 
 
+# ---------------------------------------------------------------- stage 1b: the segmenter (in the actor)
+
+
+def segment_rows(source: Any, batch: Batch, opts: StageOptions, device: Any = "cpu") -> Batch:
+    """Label the prepared rows that wait for the segmenter (``deferred``) with ``source`` (a
+    :class:`~nstray.data.masksource.SegmenterParts`), all in one batched call; if that fails each row is
+    retried alone, so only the culprit fails (stage ``segment``). Labeled rows leave with raw pixels."""
+    from nstray.data.coco import ImageRecord
+
+    todo = [i for i in range(len(batch["image_id"])) if bool(batch["deferred"][i]) and not str(batch["error"][i])]
+    if not todo:
+        return batch
+    t0 = time.perf_counter()
+    batch = {k: (v.copy() if k in ("pixels", "encoding", "labels", "labels_dtype", "categories", "mask_source",
+                                   "predicted", "stage", "error", "prepare_s") else v) for k, v in batch.items()}
+    host = _host_images({k: batch[k][todo] for k in ("image_id", "file_name", "height", "width", "pixels", "encoding",
+                                                     "error")}, device)
+    records, images, rows = [], [], []
+    for i, image in zip(todo, host):
+        if isinstance(image, BaseException):
+            batch["stage"][i], batch["error"][i] = "decode", _reason(image)
+            continue
+        records.append(ImageRecord.from_row({k: batch[k][i] for k in ("image_id", "file_name", "uri", "width",
+                                                                     "height", "parts")}))
+        images.append(image)
+        rows.append(i)
+    try:
+        results: list[Any] = source.labels_batch(records, images)
+    except Exception:  # noqa: BLE001 - find the one that failed: one at a time
+        _release_gpu_memory()
+        results = []
+        for rec, image in zip(records, images):
+            try:
+                results.append(source.labels(rec, image))
+            except Exception as exc:  # noqa: BLE001
+                _release_gpu_memory()
+                results.append(exc)
+    each = (time.perf_counter() - t0) / max(1, len(todo))
+    for i, image, res in zip(rows, images, results):
+        if isinstance(res, BaseException):
+            batch["stage"][i], batch["error"][i] = "segment", _reason(res)
+            continue
+        dt = _labels_dtype(len(res.categories))
+        batch["pixels"][i], batch["encoding"][i] = np.ascontiguousarray(image, dtype=np.uint8).tobytes(), "raw"
+        batch["labels"][i], batch["labels_dtype"][i] = res.label_map.astype(dt).tobytes(), dt.name
+        batch["categories"][i] = json.dumps(res.categories)
+        batch["mask_source"][i], batch["predicted"][i] = res.provenance, json.dumps(res.predicted)
+    for i in todo:
+        batch["prepare_s"][i] += each
+    return batch
+
+
 # ---------------------------------------------------------------- stage 2: stylize
 
 STYLED_COLUMNS = ("image_id", "variant", "file_name", "uri", "height", "width", "pixels", "encoded", "styles",
-                  "models", "worker", "stage", "error", "prepare_s", "stylize_s")
+                  "models", "worker", "mask_source", "predicted", "stage", "error", "prepare_s", "stylize_s")
 
 
 def _host_images(batch: Batch, device: Any) -> list[np.ndarray | BaseException | None]:
@@ -292,6 +375,8 @@ def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = 
             "stage": str(batch["stage"][i]), "error": str(batch["error"][i]),
             "prepare_s": float(batch["prepare_s"][i]), "pixels": b"", "encoded": False, "styles": "{}",
             "stylize_s": 0.0,
+            "mask_source": str(batch["mask_source"][i]) if "mask_source" in batch else "",
+            "predicted": str(batch["predicted"][i]) if "predicted" in batch else "[]",
         }
         variants = opts.pending(base["image_id"])
         image = host[i]
@@ -345,7 +430,7 @@ def stylize_rows(stylizer: Any, batch: Batch, opts: StageOptions, models: str = 
         "models": _objects([models] * len(items)),
         "worker": _objects([worker] * len(items)),
     }
-    for c in ("file_name", "uri", "pixels", "styles", "stage", "error"):
+    for c in ("file_name", "uri", "pixels", "styles", "mask_source", "predicted", "stage", "error"):
         out[c] = _objects([it[c] for it in items])
     return out
 
@@ -440,6 +525,8 @@ def encode_write_batch(batch: Batch, opts: StageOptions) -> Batch:
         "styles": _objects([str(x) for x in batch["styles"]]),
         "models": _objects([str(x) for x in batch["models"]]),
         "worker": _objects([str(x) for x in batch["worker"]] if "worker" in batch else ["{}"] * n),
+        "mask_source": _objects([str(x) for x in batch["mask_source"]] if "mask_source" in batch else [""] * n),
+        "predicted": _objects([str(x) for x in batch["predicted"]] if "predicted" in batch else ["[]"] * n),
         "seed": np.full(n, opts.seed, dtype=np.int64),
         "fingerprint": _objects([opts.fingerprint] * n),
         "status": _objects(status),
@@ -504,7 +591,19 @@ class Stylizer:
         self.stylizer = PartStylizer(parsed, device=self.device,
                                      assets=load_plan_assets(parsed, max_pixels=opts.max_pixels),
                                      precision=precision if self.device == "cuda" else "fp32")
-        self.models = json.dumps(model_ids(parsed), sort_keys=True)
+        models = model_ids(parsed)
+        self.segmenter = None
+        if opts.segment_model:  # one more mask source, loaded once like the style networks
+            from nstray.data.masksource import SegmenterParts
+            from nstray.plan import BACKGROUND
+            from nstray.segmentation import load_segmenter
+
+            self.segmenter = SegmenterParts(
+                load_segmenter(opts.segment_model, self.device), size=opts.segment_size,
+                parts=[c for c in parsed.parts if c != BACKGROUND], boxes=opts.boxes, device=self.device,
+                order=opts.overlaps if isinstance(opts.overlaps, str) else list(opts.overlaps))
+            models.append(dict(opts.segment_id))
+        self.models = json.dumps(models, sort_keys=True)
         self.worker = json.dumps(worker_info(self.device), sort_keys=True)
         self.opts = opts
         self.fused = fused
@@ -512,6 +611,8 @@ class Stylizer:
     def __call__(self, batch: Batch) -> Batch:
         if self.fused:
             batch = prepare_batch(batch, self.opts)
+        if self.segmenter is not None:
+            batch = segment_rows(self.segmenter, batch, self.opts, self.device)
         out = stylize_rows(self.stylizer, batch, self.opts, self.models, self.worker)
         if self.fused:
             out = encode_write_batch(out, self.opts)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from nstray import storage
-from nstray.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from nstray.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 from nstray.train.style_training import fit_crop
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 _MAX_SKIPS = 16
 
 
@@ -67,14 +66,12 @@ def list_content_images(data: str, images_root: str | None = None) -> list[str]:
         return uris
     if images_root is not None:
         raise TrainDataError(f"--images is for a COCO annotations file; {data} is a folder")
+    from nstray.data.coco import DatasetError, list_image_files
+
     try:
-        uris = sorted(u for u in storage.list_files(data) if u.lower().endswith(IMAGE_EXTENSIONS))
-    except storage.StorageError as exc:
+        return list_image_files(data)
+    except DatasetError as exc:
         raise TrainDataError(str(exc)) from None
-    if not uris:
-        raise TrainDataError(f"{data}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found; give a folder or "
-                             "s3:// prefix of images, or a COCO annotations .json")
-    return uris
 
 
 def _default_images_root(annotations: str, coco: dict) -> str:
