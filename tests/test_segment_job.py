@@ -36,9 +36,15 @@ PLAN = {
 
 
 def save_segmenter(path: Path, seed: int, size: int = 32) -> Path:
-    """A random-weights LR-ASPP over ``CLASSES`` as an nstray checkpoint (loads with weights_only=True)."""
+    """A random-weights LR-ASPP over ``CLASSES`` as an nstray checkpoint (loads with weights_only=True). Its
+    classes follow the low-level features alone (the high-level head and the biases zeroed), so it labels
+    an image with several classes instead of one everywhere."""
     torch.manual_seed(seed)
     model = build(ARCH, len(CLASSES)).eval()
+    with torch.no_grad():
+        head = model.classifier
+        head.high_classifier.weight.zero_(), head.high_classifier.bias.zero_(), head.low_classifier.bias.zero_()
+        head.low_classifier.weight.mul_(100)
     buf = io.BytesIO()
     torch.save(segmenter_checkpoint(model, ARCH, CLASSES, size=size), buf)
     path.write_bytes(buf.getvalue())
@@ -167,7 +173,7 @@ def unlabeled(ray_cluster, dataset, tmp_path_factory):
     folder = root / "photos"
     shutil.copytree(dataset.images_dir, folder)
     (folder / "zz_broken.png").write_bytes(b"not a png at all\n" * 8)
-    model = save_segmenter(root / "seg_a.pt", seed=1)
+    model = save_segmenter(root / "seg_a.pt", seed=0)
     cfg = {"input": {"images": str(folder)}, "output": str(root / "styled"), "plan": PLAN, "seed": 3,
            "segment": {"model": str(model), "size": 32}, "resources": {"actors": 1, "batch_size": 4},
            "contact_sheet": 0}
@@ -227,7 +233,7 @@ def test_another_model_redoes_the_outputs_and_the_same_one_skips_them(unlabeled)
     again = run_job(cfg)
     assert (again.done, again.skipped) == (0, 3)
     before = {r["image_id"]: r["fingerprint"] for r in _manifest(root / "styled") if r["status"] == "done"}
-    other = dict(cfg, segment=dict(cfg["segment"], model=str(save_segmenter(root / "seg_b.pt", seed=2))))
+    other = dict(cfg, segment=dict(cfg["segment"], model=str(save_segmenter(root / "seg_b.pt", seed=3))))
     redone = run_job(other)
     assert (redone.done, redone.skipped) == (3, 0)
     after = {r["image_id"]: r["fingerprint"] for r in _manifest(root / "styled") if r["status"] == "done"}
@@ -248,7 +254,7 @@ def test_box_only_annotations_get_masks_inside_their_boxes(ray_cluster, dataset,
            "output": str(tmp_path / "styled"), "plan": plan, "resources": {"actors": 1, "batch_size": 4},
            "contact_sheet": 0}
     if segment is not None:
-        model = str(save_segmenter(tmp_path / "seg.pt", seed=1)) if "model" in segment else None
+        model = str(save_segmenter(tmp_path / "seg.pt", seed=0)) if "model" in segment else None
         cfg["segment"] = {k: (model if v == "SEG" else v) for k, v in segment.items()}
     summary = run_job(cfg)
     assert (summary.done, summary.failed) == (3, 0)

@@ -246,7 +246,7 @@ def predict_images(seg: Segmenter, images: Sequence[Any], size: int | None = Non
     for shape, idx in groups.items():
         if len(shape) != 3 or shape[2] != 3:
             raise SegmentationError(f"images must be uint8[H, W, 3] RGB, got shape {shape}")
-        x = torch.stack([torch.from_numpy(images[i]) for i in idx]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
+        x = torch.stack([torch.tensor(images[i]) for i in idx]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
         labels, conf = seg.predict_scored(x, size)
         for j, i in enumerate(idx):
             out[i] = (labels[j].cpu().numpy(), conf[j].float().cpu().numpy())
