@@ -275,10 +275,13 @@ def _box_pixels(bbox: Sequence[float], height: int, width: int) -> tuple[int, in
 
 
 def grabcut_box(image: np.ndarray, bbox: Sequence[float], *, iterations: int = 3, margin: float = 0.5,
-                min_side: int = 4) -> np.ndarray | None:
+                min_side: int = 4, min_fill: float = 0.4) -> np.ndarray | None:
     """GrabCut's foreground inside ``bbox`` (``[x, y, w, h]``) of ``image`` (``uint8[H, W, 3]`` RGB), as
     ``bool[H, W]``; None when GrabCut cannot say (a box under ``min_side`` px, a box covering its whole
-    crop so there is no background to learn, or an empty result): the caller falls back to the box.
+    crop so there is no background to learn, or a foreground under ``min_fill`` of the box: an annotated
+    box is tight around its part, so GrabCut kept only a patch of one colour): the caller falls back to
+    the box. (``min_fill`` 0.4 raised the mean IoU on synthetic parts from 0.64 to 0.68, the box's being
+    0.62: benchmarks/boxes_to_masks.py.)
 
     Runs on a crop of the box grown by ``margin`` × its size on each side (clipped to the image), so the
     cost follows the box, not the image; ``iterations`` rounds of GrabCut from ``GC_INIT_WITH_RECT``.
@@ -302,7 +305,7 @@ def grabcut_box(image: np.ndarray, bbox: Sequence[float], *, iterations: int = 3
     except cv2.error:
         return None
     fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
-    if not fg.any():
+    if fg.sum() < max(1.0, min_fill * (x1 - x0) * (y1 - y0)):
         return None
     out = np.zeros((height, width), dtype=bool)
     out[cy0:cy1, cx0:cx1] = fg
