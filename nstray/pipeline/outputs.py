@@ -425,7 +425,7 @@ def build_coco(source: dict, done: Sequence[dict], *, description: str = "") -> 
                 "variant": int(row["variant"]),
                 "styles": json.loads(row["styles"]) if isinstance(row["styles"], str) else row["styles"],
                 "seed": int(row["seed"]),
-                "mask_source": row.get("mask_source") or "coco",
+                **({"mask_source": row["mask_source"]} if row.get("mask_source") else {}),  # absent in old manifests
             },
         })
         images.append(entry)
