@@ -122,6 +122,35 @@ def test_listing_records_name_files_relative_to_the_root(tmp_path: Path):
         (1, "a.jpg", 0, []), (2, "b.png", 0, []), (3, "sub/c.PNG", 0, [])]
 
 
+def test_a_segmenter_failure_on_one_image_fails_only_that_row(tmp_path: Path):
+    from nstray.data.masksource import PartLabels
+    from nstray.pipeline.stages import StageOptions, prepare_batch, segment_rows
+
+    paths = []
+    for i, colour in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (12, 8), colour).save(paths[-1])
+    records = listing_records(str(tmp_path))
+    rows = [r.to_row() for r in records]
+    opts = StageOptions(output=str(tmp_path / "out"), segment_model="any", images_root=str(tmp_path))
+    batch = prepare_batch({k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}, opts)
+    assert batch["deferred"].all() and list(batch["height"]) == [8, 8, 8]
+
+    class Flaky:  # fails on the green image, labels the others as one "body" part
+        def labels(self, record, image):
+            if image[0, 0, 1] == 200:
+                raise RuntimeError("segmenter blew up")
+            return PartLabels(np.zeros(image.shape[:2], np.int32), ["body"], "segmenter", [{"category": "body"}])
+
+        def labels_batch(self, records, images):
+            return [self.labels(r, i) for r, i in zip(records, images)]
+
+    out = segment_rows(Flaky(), batch, opts)
+    assert list(out["stage"]) == ["", "segment", ""] and "blew up" in out["error"][1]
+    assert [out["mask_source"][i] for i in (0, 2)] == ["segmenter"] * 2
+    assert json.loads(out["categories"][0]) == ["body"] and len(out["labels"][0]) == 8 * 12
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"segment": {"size": 320}}, "segment.model: required"),
     ({"input": {"images": "imgs"}}, "input.annotations: required unless a segmentation model"),
@@ -243,6 +272,7 @@ def test_another_model_redoes_the_outputs_and_the_same_one_skips_them(unlabeled)
 @pytest.mark.parametrize("segment, allowed", [(None, {"grabcut", "box"}), ({"boxes": "box"}, {"box"}),
                                               ({"model": "SEG", "size": 32}, {"segmenter", "grabcut", "box"})])
 def test_box_only_annotations_get_masks_inside_their_boxes(ray_cluster, dataset, tmp_path, segment, allowed):
+    """(The segmenter case runs with the CPU stages as separate Ray tasks: deferred rows cross the object store.)"""
     from pycocotools.coco import COCO
     from pycocotools import mask as mask_utils
 
@@ -256,6 +286,8 @@ def test_box_only_annotations_get_masks_inside_their_boxes(ray_cluster, dataset,
     if segment is not None:
         model = str(save_segmenter(tmp_path / "seg.pt", seed=0)) if "model" in segment else None
         cfg["segment"] = {k: (model if v == "SEG" else v) for k, v in segment.items()}
+        if model:
+            cfg["resources"]["fuse_stages"] = False
     summary = run_job(cfg)
     assert (summary.done, summary.failed) == (3, 0)
     rows = _manifest(tmp_path / "styled")
@@ -263,6 +295,8 @@ def test_box_only_annotations_get_masks_inside_their_boxes(ray_cluster, dataset,
     assert used <= allowed and used
     if segment is None:
         assert "grabcut" in used  # GrabCut finds the parts of the synthetic cars
+    if "segmenter" in allowed:
+        assert "segmenter" in used  # the model's pixels of the box's category, inside the box
 
     coco = COCO(str(tmp_path / "styled" / "annotations.json"))
     boxes = {a["id"]: a for a in load_coco(str(dataset.annotations_boxes))["annotations"]}
