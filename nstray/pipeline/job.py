@@ -303,8 +303,8 @@ def _run_locked(cfg: JobConfig, run_id: str, *, address: str | None, on_progress
             boxes=cfg.segment.boxes if cfg.segment else "auto",
             segment_model=cfg.segment.model if cfg.segment else None,
             segment_size=cfg.segment.size if cfg.segment else 520,
-            segment_id=tuple((k, str(segmenter[k])) for k in ("uri", "sha256")) + (("name", "segmenter"),)
-            if segmenter else (),
+            segment_id=(("name", segmenter["uri"].rstrip("/").rsplit("/", 1)[-1]), ("uri", segmenter["uri"]),
+                        ("sha256", segmenter["sha256"])) if segmenter else (),
         )
         say(f"styling {work.outputs} output(s) of {len(todo)} image(s) ({summary.skipped} already done) "
             f"with {placement.actors} actor(s){' on GPU' if placement.gpus_per_actor else ' on CPU'}")
