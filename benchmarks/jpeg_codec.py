@@ -7,6 +7,9 @@ PSNR of the re-decoded image against its source).
 
     python benchmarks/jpeg_codec.py --device cuda          # nvjpeg vs PIL
     python benchmarks/jpeg_codec.py                        # libjpeg-turbo through torchvision vs PIL
+
+Also the cost of each output ``format`` of the job (``encode_image``, one CPU thread): PNG vs JPEG ms per image
+and KiB per image, so the README can say what each format costs.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     t_dec_pil = _best(lambda: [decode_image(f, name="bench.jpg") for f in files], args.repeats, device)
     t_dec_dev = _best(lambda: jpeg.decode_jpegs(files, device), args.repeats, device)
     t_enc_pil = _best(lambda: [encode_image(im, "jpg", args.quality) for im in pil_images], args.repeats, device)
+    t_enc_png = _best(lambda: [encode_image(im, "png") for im in pil_images], args.repeats, device)
+    kib = {ext: statistics.mean(len(encode_image(im, ext, args.quality)) for im in pil_images) / 1024 for ext in ("png", "jpg")}
     t_enc_dev = _best(lambda: jpeg.encode_jpegs(pil_images, args.quality, device), args.repeats, device)
     # encoding from pixels already on the device (what the stylizer hands over on a GPU)
     on_dev = [torch.from_numpy(np.require(im, np.uint8, ["C", "W"])).to(device).permute(2, 0, 1).contiguous() for im in pil_images]
@@ -95,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
           f"mean abs {statistics.mean(float(d.mean()) for d in diffs):.3f} levels")
     print(f"device encode q{args.quality}: PSNR vs source {min(psnr):.1f}–{max(psnr):.1f} dB, "
           f"{statistics.mean(len(e) for e in encoded) / 1024:.0f} KiB each")
+    print(f"output format (the job's encode_image, one CPU thread): png {1000 * t_enc_png / n:.1f} ms/image, "
+          f"{kib['png']:.0f} KiB | jpg q{args.quality} {1000 * t_enc_pil / n:.1f} ms/image, {kib['jpg']:.0f} KiB | "
+          f"png costs {t_enc_png / t_enc_pil:.1f}x jpg")
     return 0
 
 

@@ -111,7 +111,8 @@ def train(args: argparse.Namespace) -> dict:
     cfg = SegTrainConfig(data=str(ann), images=str(root / "data"), out=str(root / "runs"), arch=args.arch,
                          size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          backbone_weights=None, workers=args.workers, gpus_per_worker=gpus,
-                         cpus_per_worker=args.cpus_per_worker, loader_workers=args.loader_workers, val_fraction=0.1)
+                         cpus_per_worker=args.cpus_per_worker, loader_workers=args.loader_workers, val_fraction=0.1,
+                         precise_bn=args.precise_bn)
     t = time.perf_counter()
     summary = train_segmenter(cfg, notify=lambda m: print(m, flush=True))
     train_s = time.perf_counter() - t
@@ -119,7 +120,7 @@ def train(args: argparse.Namespace) -> dict:
     records, cats, _ = load_split(str(ann), str(root / "data"))
     _, val = split_records(records, 0.1, cfg.seed)
     classes, index = class_index(cats)
-    out = {"arch": args.arch, "size": args.size, "images": args.train_images, "epochs": args.epochs,
+    out = {"arch": args.arch, "precise_bn": args.precise_bn, "size": args.size, "images": args.train_images, "epochs": args.epochs,
            "batch_per_worker": args.batch_size, "workers": args.workers, "device": args.device,
            "generate_s": gen_s, "train_s": train_s,
            "images_per_s_per_worker": [r["images_per_s"] / args.workers for r in history],
@@ -148,6 +149,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--precise-bn", type=int, default=8, help="batch-norm recalibration batches before validation")
     p.add_argument("--loader-workers", type=int, default=8)
     p.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="processes generating the data")
     p.add_argument("--work", default="/tmp/nstray-segbench")

@@ -265,3 +265,34 @@ def test_segmenter_input_checks():
     with pytest.raises(SegmentationError, match="at least 2 classes"):
         build("lraspp_mobilenet_v3_large", 1)
 
+
+
+def test_precise_bn_gives_eval_mode_the_statistics_of_the_trained_weights():
+    """After a short run with MobileNetV3's momentum-0.01 statistics, eval mode is recalibrated by ``--precise-bn``:
+    statistics recomputed on training batches normalized as ``train_step`` normalizes them."""
+    from types import SimpleNamespace
+
+    from nstray.train.seg_trainer import _recalibrate_bn
+
+    torch.manual_seed(0)
+    model = build("lraspp_mobilenet_v3_large", 2)
+    images = torch.rand(4, 3, 64, 64) * 0.3
+    target = torch.zeros(4, 64, 64, dtype=torch.long)
+    for k in range(4):
+        y0, x0 = 8 + 8 * k, 40 - 8 * k
+        images[k, :, y0:y0 + 20, x0:x0 + 20] += 0.6
+        target[k, y0:y0 + 20, x0:x0 + 20] = 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(30):
+        train_step(model, images, target, optimizer)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    dataset = [(images[k], target[k]) for k in range(4)]
+    keyed = type("Keyed", (), {"__len__": lambda s: 4, "__getitem__": lambda s, key: dataset[key[0]]})()
+    cfg = SimpleNamespace(precise_bn=2, batch_size=4, seed=0)
+    _recalibrate_bn(model, keyed, cfg, epoch=1, rank=0, world=1, device=torch.device("cpu"))
+    assert [m.momentum for m in norms] == momenta and model.training
+    seg = Segmenter(model.eval(), "lraspp_mobilenet_v3_large", ["background", "part"], size=64)
+    scores = iou_scores(confusion_matrix(seg.predict(images), target, 2))
+    assert scores["iou"][1] > 0.5, scores

@@ -44,7 +44,7 @@ def trained(tmp_path_factory, s3_server, ray_cluster):
         assert _job([*base, "--epochs", "1"]) == 0
         run = f"{out}/lraspp_mobilenet_v3_large"
         after_one = {"curves": storage.read_bytes(f"{run}/curves.json"), "files": set(storage.list_files(run))}
-        assert _job([*base, "--epochs", "2"]) == 0
+        assert _job([*base, "--epochs", "2", "--precise-bn", "1"]) == 0
         yield {"ds": ds, "run": run, "base": base, "after_one": after_one}
 
 

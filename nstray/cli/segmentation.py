@@ -59,6 +59,10 @@ def _load(model: str, device: str):
               help="Backbone start: 'imagenet' (the arch's torchvision ImageNet weights: resnet50, resnet101 or "
                    "mobilenet_v3_large in `nstray weights list`), a registry name, a file, an s3:// URI, or 'none' (random).")
 @click.option("--classes", "classes_map", default=None, help="Class map YAML (source category: target class | background | ignore).")
+@click.option("--precise-bn", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Recompute batch-norm statistics with the current weights on this many training batches before "
+                   "each validation, so checkpoints carry statistics of their own weights (0 = off, as torchvision's "
+                   "reference; short runs from scratch then predict background in evaluation mode).")
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue OUT/NAME from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -78,7 +82,7 @@ def _load(model: str, device: str):
 def train_seg(data: str, images: str, out: str, val: str | None, val_images: str | None, val_fraction: float | None,
               arch: str, name: str | None, size: int, epochs: int, batch_size: int, lr: float, workers: int,
               gpus_per_worker: float, cpus_per_worker: float, backbone_weights: str, classes_map: str | None,
-              keep_checkpoints: int, resume: bool, seed: int, loader_workers: int, max_failures: int,
+              precise_bn: int, keep_checkpoints: int, resume: bool, seed: int, loader_workers: int, max_failures: int,
               augment: str | None, augment_ratio: float, style_augment: str | None, style_p: float,
               address: str | None) -> None:
     """Train (or fine-tune) a parts segmenter on a COCO dataset with Ray Train; OUT/NAME/best.pt is the result."""
@@ -94,7 +98,7 @@ def train_seg(data: str, images: str, out: str, val: str | None, val_images: str
             data=data, images=images, out=out, val=val, val_images=val_images, val_fraction=val_fraction, arch=arch,
             name=name, size=size, epochs=epochs, batch_size=batch_size, lr=lr, backbone_weights=bw,
             class_map=mapping, class_map_source=classes_map, workers=workers, gpus_per_worker=gpus_per_worker,
-            cpus_per_worker=cpus_per_worker, keep_checkpoints=keep_checkpoints, resume=resume, seed=seed,
+            cpus_per_worker=cpus_per_worker, precise_bn=precise_bn, keep_checkpoints=keep_checkpoints, resume=resume, seed=seed,
             loader_workers=loader_workers, max_failures=max_failures, augment=augment, augment_ratio=augment_ratio,
             style_augment=style_augment, style_p=style_p,
         )

@@ -68,6 +68,7 @@ class SegTrainConfig:
     weight_decay: float = 1e-4
     aux_weight: float = 0.5
     poly_power: float = 0.9
+    precise_bn: int = 8  # batches to recompute batch-norm statistics on before each validation (0: off)
     backbone_weights: str | None = "imagenet"  # "imagenet": the arch's torchvision backbone; a file/URI; None: random
     class_map: dict[str, str] = field(default_factory=dict)
     class_map_source: str | None = None
@@ -106,6 +107,7 @@ class SegTrainConfig:
     def validate(self) -> SegTrainConfig:
         problems = ray_run.setting_problems(self, {  # batch_size 2: batch norm needs two samples
             "epochs": 1, "batch_size": 2, "workers": 1, "keep_checkpoints": 1, "loader_workers": 0, "max_failures": 0,
+            "precise_bn": 0,
         }, ("data", "images", "out"))
         if self.arch not in ARCHS:
             problems.append(f"arch: {self.arch!r} is not one of {', '.join(ARCHS)}")
@@ -159,6 +161,41 @@ def _history_row(epoch: int, step: int, loss: float, scores: dict[str, Any], cla
                              "images_per_s": images / max(seconds, 1e-9)}
     row.update({f"iou_{c}": None if math.isnan(v) else v for c, v in zip(classes, scores["iou"])})  # None: class absent
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
+
+def _recalibrate_bn(net: torch.nn.Module, dataset: Any, cfg: SegTrainConfig, epoch: int, rank: int, world: int,
+                    device: torch.device) -> None:
+    """Recompute batch-norm running statistics as plain averages over ``cfg.precise_bn`` training batches.
+
+    Why: MobileNetV3 updates them with momentum 0.01, so after a short run from scratch they lag far behind
+    the weights and evaluation-mode predictions collapse to background. The batches are a function of
+    ``(seed, epoch)``; the statistics are averaged over workers, so every worker holds the same network.
+    """
+    import torch.distributed as dist
+
+    from nstray.models.segmentation import normalize
+    from nstray.train.data import sample_positions
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = net.training
+    net.train()
+    with torch.no_grad():
+        for b in range(cfg.precise_bn):
+            keys = sample_positions(len(dataset), epoch * cfg.precise_bn + b, cfg.batch_size, rank, world, cfg.seed + 7919)
+            net(normalize(torch.stack([dataset[k][0] for k in keys]).to(device)))  # as train_step sees them
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        if world > 1:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf /= world
+    net.train(was_training)
 
 
 def _evaluate(net: torch.nn.Module, cfg: SegTrainConfig, classes: list[str], rows: list[dict], index: dict[str, int],
@@ -256,6 +293,8 @@ def seg_train_loop(loop_config: dict) -> None:
             continue
         epoch = (step + 1) // per_epoch
         seconds = time.perf_counter() - t_epoch  # training only: images/s leaves validation out
+        if cfg.precise_bn:
+            _recalibrate_bn(net, dataset, cfg, epoch, rank, world, device)
         cm = _evaluate(net, cfg, classes, val_rows, index, rank, world, device)
         if world > 1:
             dist.all_reduce(cm)
