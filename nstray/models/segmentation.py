@@ -219,13 +219,19 @@ class Segmenter:
     @torch.no_grad()
     def predict_scored(self, images: Tensor, size: int | None = None) -> tuple[Tensor, Tensor]:
         """``(labels int64[B, H, W], confidence float[B, H, W])``: the argmax class (0 = background) and its
-        softmax probability, taken at the working size and resized back to the input's exact size by
-        nearest neighbour (every pixel gets the class of the working pixel it falls in)."""
+        softmax probability at the input's exact size. The class scores are upsampled bilinearly from the working
+        size before the argmax (as torchvision's models and reference evaluation do: smooth part edges, not the
+        working grid's staircase), one image at a time so memory stays one image's ``C×H×W`` scores."""
         h, w = images.shape[-2:]
-        conf, labels = self._working_logits(images, size).softmax(1).max(1)
-        if labels.shape[-2:] != (h, w):
-            labels = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].long()
-            conf = F.interpolate(conf[:, None], size=(h, w), mode="nearest-exact")[:, 0]
+        logits = self._working_logits(images, size)
+        if logits.shape[-2:] == (h, w):
+            conf, labels = logits.softmax(1).max(1)
+            return labels, conf
+        labels = torch.empty((images.shape[0], h, w), dtype=torch.int64, device=logits.device)
+        conf = torch.empty((images.shape[0], h, w), dtype=logits.dtype, device=logits.device)
+        for i in range(images.shape[0]):
+            up = F.interpolate(logits[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)
+            conf[i], labels[i] = (t[0] for t in up.softmax(1).max(1))
         return labels, conf
 
     def predict(self, images: Tensor, size: int | None = None) -> Tensor:
