@@ -83,13 +83,17 @@ class Stabilizer:
     ``gate_blur``: σ (px) of a Gaussian blur of the source change before the stillness gate.
     ``denoise``: weight of the input's temporal average (0: the network sees the raw frame).
     ``long_term``: pull towards the reference output; ``ref_every``: frames between reference refreshes.
+    ``interpolation``: the OpenCV kernel that resamples the previous and the reference *outputs* (label maps
+    and masks are always resampled nearest / bilinear). ``flow`` may also be an object with
+    ``both(a, b)`` like :class:`~nstray.video.flow.FlowEstimator` (e.g. a cache of flows).
     Defaults are the measured best on the 1280x720 shared clip at 512 px (the report of issue 11): input
     denoising is off because there it lowered SSIM to naive without lowering the warping error.
     """
 
-    def __init__(self, strength: float = 0.9, *, flow: str = DEFAULT_FLOW, noise: float = 0.15,
+    def __init__(self, strength: float = 0.9, *, flow: str | object = DEFAULT_FLOW, noise: float = 0.15,
                  denoise: float = 0.0, ref_every: int = 6, long_term: float = 0.6, gate_blur: float = 2.0,
-                 boundaries: bool = True, cut_reliable: float = 0.2, cut_diff: float = 0.2) -> None:
+                 boundaries: bool = True, cut_reliable: float = 0.2, cut_diff: float = 0.2,
+                 interpolation: int = cv2.INTER_LINEAR) -> None:
         if not 0.0 <= strength <= 1.0:
             raise StabilizeError(f"strength must be in [0, 1], got {strength}")
         self.strength = float(strength)
@@ -100,7 +104,9 @@ class Stabilizer:
         self.boundaries = bool(boundaries)
         self.ref_every = int(ref_every)
         self.cut_reliable, self.cut_diff = float(cut_reliable), float(cut_diff)
-        self._est = FlowEstimator(flow) if strength > 0 or denoise > 0 else None
+        self.interpolation = int(interpolation)
+        active = strength > 0 or denoise > 0
+        self._est = (FlowEstimator(flow) if isinstance(flow, str) else flow) if active else None
         self.stats = StabilizerStats()
         self.reset()
 
@@ -167,6 +173,10 @@ class Stabilizer:
         self._pending_labels = labels
         return _u8(den)
 
+    def _warp_out(self, image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        out = warp(image, flow, interpolation=self.interpolation)
+        return out if self.interpolation == cv2.INTER_LINEAR else np.clip(out, 0.0, 1.0, out=out)
+
     def finish(self, styled: np.ndarray) -> np.ndarray:
         """Take the network's output for the frame given to :meth:`begin`; return the stabilized frame."""
         if self._cur is None:
@@ -178,12 +188,12 @@ class Stabilizer:
                                  f"{list(src.shape)} like its source")
         y = _f(styled)
         if fwd is not None and self._out is not None:
-            prev = warp(self._out, fwd)
+            prev = self._warp_out(self._out, fwd)
             y = y + weight[..., None] * (prev - y)
             if self.long_term > 0 and self._ref_out is not None:
                 self._to_ref = compose(fwd, self._to_ref)
                 self._ref_ok = ok & (warp(self._ref_ok.astype(np.float32), fwd) > 0.99)
-                ref = warp(self._ref_out, self._to_ref)
+                ref = self._warp_out(self._ref_out, self._to_ref)
                 lt = (self.long_term * self._ref_ok * (weight > 0.5 * self.strength))[..., None]
                 y = y + lt * (ref - y)
         out = _u8(y) if self._est is not None else styled
