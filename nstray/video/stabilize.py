@@ -80,6 +80,11 @@ class Stabilizer:
     ``strength``: the consistency knob in ``[0, 1]``. ``flow``: the estimator (:data:`DEFAULT_FLOW`).
     ``noise``: the source noise level (``[0, 1]`` units) below which a pixel counts as unchanged.
     ``boundaries``: also distrust motion boundaries (False: occlusions only; the stillness gate still applies).
+    ``occlusions``: distrust pixels that fail the forward–backward check (False: only pixels whose flow leaves
+    the frame; the stillness gate alone judges the rest — on textureless road and sky DIS fails the check
+    while any flow there carries the same source pixels).
+    ``texture``: the fraction of the high-frequency texture energy lost in the blend that is restored,
+    per pixel, towards the naive frame's local energy (0: none; ``texture_sigma``: the split's σ in px).
     ``gate_blur``: σ (px) of a Gaussian blur of the source change before the stillness gate.
     ``denoise``: weight of the input's temporal average (0: the network sees the raw frame).
     ``long_term``: pull towards the reference output; ``ref_every``: frames between reference refreshes.
@@ -93,7 +98,8 @@ class Stabilizer:
     def __init__(self, strength: float = 0.9, *, flow: str | object = DEFAULT_FLOW, noise: float = 0.15,
                  denoise: float = 0.0, ref_every: int = 6, long_term: float = 0.6, gate_blur: float = 2.0,
                  boundaries: bool = True, cut_reliable: float = 0.2, cut_diff: float = 0.2,
-                 interpolation: int = cv2.INTER_LINEAR) -> None:
+                 interpolation: int = cv2.INTER_LINEAR, occlusions: bool = True, texture: float = 0.0,
+                 texture_sigma: float = 1.5, texture_feedback: bool = True) -> None:
         if not 0.0 <= strength <= 1.0:
             raise StabilizeError(f"strength must be in [0, 1], got {strength}")
         self.strength = float(strength)
@@ -102,6 +108,9 @@ class Stabilizer:
         self.noise = float(noise)
         self.gate_blur = float(gate_blur)
         self.boundaries = bool(boundaries)
+        self.occlusions = bool(occlusions)
+        self.texture, self.texture_sigma = float(texture), float(texture_sigma)
+        self._texture_feedback = bool(texture_feedback)
         self.ref_every = int(ref_every)
         self.cut_reliable, self.cut_diff = float(cut_reliable), float(cut_diff)
         self.interpolation = int(interpolation)
@@ -142,6 +151,11 @@ class Stabilizer:
             return src
         fwd, bwd = self._est.both(src, self._src)  # current -> previous, previous -> current
         occluded, boundary = consistency(fwd, bwd)
+        if not self.occlusions:
+            h, w = fwd.shape[:2]
+            xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            tx, ty = xs + fwd[..., 0], ys + fwd[..., 1]
+            occluded = (tx < 0) | (tx > w - 1) | (ty < 0) | (ty > h - 1)
         ok = ~(occluded | boundary) if self.boundaries else ~occluded
         s = _f(src)
         warped_src = warp(_f(self._src), fwd)
@@ -177,6 +191,23 @@ class Stabilizer:
         out = warp(image, flow, interpolation=self.interpolation)
         return out if self.interpolation == cv2.INTER_LINEAR else np.clip(out, 0.0, 1.0, out=out)
 
+    def _restore_texture(self, y: np.ndarray, naive: np.ndarray) -> np.ndarray:
+        """``y`` with its high frequencies scaled up, per pixel, towards the naive frame's local energy."""
+        sig = self.texture_sigma
+
+        def split(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            low = cv2.GaussianBlur(z, (0, 0), sig)
+            return low, z - low
+
+        low, high = split(y)
+        _, high_n = split(naive)
+        win = 4.0 * sig
+        e_y = cv2.GaussianBlur((high ** 2).sum(-1), (0, 0), win)
+        e_n = cv2.GaussianBlur((high_n ** 2).sum(-1), (0, 0), win)
+        gain = np.sqrt((e_n + 1e-6) / (e_y + 1e-6))
+        gain = 1.0 + self.texture * (np.clip(gain, 1.0, 3.0) - 1.0)
+        return np.clip(low + gain[..., None] * high, 0.0, 1.0)
+
     def finish(self, styled: np.ndarray) -> np.ndarray:
         """Take the network's output for the frame given to :meth:`begin`; return the stabilized frame."""
         if self._cur is None:
@@ -196,7 +227,12 @@ class Stabilizer:
                 ref = self._warp_out(self._ref_out, self._to_ref)
                 lt = (self.long_term * self._ref_ok * (weight > 0.5 * self.strength))[..., None]
                 y = y + lt * (ref - y)
-        out = _u8(y) if self._est is not None else styled
+        shown = y
+        if self.texture > 0 and fwd is not None and self._est is not None:
+            shown = self._restore_texture(y, _f(styled))
+            if self._texture_feedback:
+                y = shown
+        out = _u8(shown) if self._est is not None else styled
         if fwd is not None:  # pixels the plan leaves unstyled stay the source's bytes
             untouched = (styled == src).all(-1)
             out[untouched] = styled[untouched]
