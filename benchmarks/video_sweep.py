@@ -115,7 +115,7 @@ def _run(c: dict[str, np.ndarray], kw: dict) -> list[np.ndarray]:
 def _value(name: str, v: str):
     if name == "interpolation":
         return INTERP[v] if v in INTERP else int(v)
-    if name in ("boundaries", "occlusions", "texture_feedback"):
+    if name in ("boundaries", "occlusions"):
         return v.lower() in ("1", "true", "yes")
     return int(v) if name == "ref_every" else float(v)
 
