@@ -259,7 +259,7 @@ class VideoConfig(_Model):
     chunk_frames: int = Field(64, ge=2, le=100000)
     overlap_frames: int = Field(16, ge=0, le=1000)
     stabilize: Literal["flow", "none"] = "flow"
-    strength: float = Field(0.9, ge=0, le=1)
+    strength: float = Field(0.8, ge=0, le=1)
     crf: int = Field(18, ge=0, le=51)
     size: int | None = Field(None, ge=16)
 

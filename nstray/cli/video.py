@@ -74,7 +74,7 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
               help="Keep the masks of every K-th frame only and propagate them along the flow (tests propagation).")
 @click.option("--stabilize", type=_STABILIZE, default="flow", show_default=True,
               help="flow: stabilize along optical flow; none: naive per-frame styling.")
-@click.option("--strength", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option("--strength", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="Consistency strength (0 = per-frame styling, 1 = strongest).")
 @click.option("--side-by-side", is_flag=True, help="Write original | naive | stabilized next to each other.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
