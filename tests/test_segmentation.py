@@ -133,13 +133,14 @@ def test_confusion_matrix_and_iou_against_a_hand_computed_case():
         confusion_matrix(pred[:1], target, 4)
 
 
-def test_what_train_step_learns_is_what_the_segmenter_predicts_in_eval_mode():
-    """Training and inference see the same input convention (a mismatch shows as all-background in eval mode)."""
+def _train_toy(bn_momentum: float | None) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """LR-ASPP trained 30 steps on four images with one bright square each: (model, images, target)."""
     torch.manual_seed(0)
     model = build("lraspp_mobilenet_v3_large", 2)
-    for m in model.modules():  # converge the running statistics within a short test
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = 0.5
+    if bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = bn_momentum
     images = torch.rand(4, 3, 64, 64) * 0.3
     target = torch.zeros(4, 64, 64, dtype=torch.long)
     for k in range(4):
@@ -150,6 +151,12 @@ def test_what_train_step_learns_is_what_the_segmenter_predicts_in_eval_mode():
     model.train()
     for _ in range(30):
         train_step(model, images, target, optimizer)
+    return model, images, target
+
+
+def test_what_train_step_learns_is_what_the_segmenter_predicts_in_eval_mode():
+    """Training and inference see the same input convention (a mismatch shows as all-background in eval mode)."""
+    model, images, target = _train_toy(0.5)  # running statistics that converge within a short test
     seg = Segmenter(model.eval(), "lraspp_mobilenet_v3_large", ["background", "part"], size=64)
     scores = iou_scores(confusion_matrix(seg.predict(images), target, 2))
     assert scores["iou"][1] > 0.5, scores
@@ -266,7 +273,6 @@ def test_segmenter_input_checks():
         build("lraspp_mobilenet_v3_large", 1)
 
 
-
 def test_precise_bn_gives_eval_mode_the_statistics_of_the_trained_weights():
     """After a short run with MobileNetV3's momentum-0.01 statistics, eval mode is recalibrated by ``--precise-bn``:
     statistics recomputed on training batches normalized as ``train_step`` normalizes them."""
@@ -274,18 +280,7 @@ def test_precise_bn_gives_eval_mode_the_statistics_of_the_trained_weights():
 
     from nstray.train.seg_trainer import _recalibrate_bn
 
-    torch.manual_seed(0)
-    model = build("lraspp_mobilenet_v3_large", 2)
-    images = torch.rand(4, 3, 64, 64) * 0.3
-    target = torch.zeros(4, 64, 64, dtype=torch.long)
-    for k in range(4):
-        y0, x0 = 8 + 8 * k, 40 - 8 * k
-        images[k, :, y0:y0 + 20, x0:x0 + 20] += 0.6
-        target[k, y0:y0 + 20, x0:x0 + 20] = 1
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(30):
-        train_step(model, images, target, optimizer)
+    model, images, target = _train_toy(None)  # MobileNetV3's own momentum 0.01
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
     dataset = [(images[k], target[k]) for k in range(4)]
