@@ -44,7 +44,7 @@ class _Main(click.Group):
 @click.option("--verbose", is_flag=True, help="Show Ray's own log lines, and the full traceback of errors (for bug reports).")
 def main(verbose: bool) -> None:
     """nstray: style every annotated vehicle part with its own style, at dataset scale."""
-    if verbose:  # also shows Ray's own log lines (nstray.pipeline.skeleton.verbose)
+    if verbose:  # also shows Ray's own log lines (nstray.ray_session.verbose)
         import os
 
         os.environ["NSTRAY_VERBOSE"] = "1"

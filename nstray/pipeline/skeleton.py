@@ -12,6 +12,7 @@ stays in that job's module (:mod:`nstray.pipeline.job` for images).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nstray import _runtime
+from nstray import _runtime, ray_session
 from nstray.config import ResourcesConfig
 from nstray.pipeline.lease import Lease
 from nstray.pipeline.lease import acquire as acquire_lease
@@ -151,32 +152,6 @@ def pool_strategy(placement: Placement):
 
 
 @contextlib.contextmanager
-def _stderr_silenced(on: bool) -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the block (C++ writes there directly); Python exceptions still propagate."""
-    if not on:
-        yield
-        return
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def verbose() -> bool:
-    """Whether Ray's own log lines are shown (``nstray --verbose`` sets ``NSTRAY_VERBOSE=1``); else only
-    errors: a user sees nstray's progress and summary, not Ray's INFO/WARNING lines."""
-    return os.environ.get("NSTRAY_VERBOSE", "") not in ("", "0")
-
-
-@contextlib.contextmanager
 def guarded(output: str, inputs: Mapping[str, str], run_id: str, *,
             root_field: str = "input.images") -> Iterator[Lease]:
     """Refuse an output that overlaps an input (or lies inside ``inputs[root_field]``, the folder the job
@@ -188,18 +163,9 @@ def guarded(output: str, inputs: Mapping[str, str], run_id: str, *,
 
 def connect(address: str | None, resources: ResourcesConfig) -> tuple[Placement, float, float]:
     """Connect to Ray (once per process) and fit the actor pool to the cluster: ``(placement, cpus, gpus)``."""
-    import ray
-
-    local = not ray.is_initialized()
-    if local:
-        quiet = not verbose()
-        if quiet:  # the driver's own C++ core worker logs to stderr (e.g. notes on actor restarts)
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        with _stderr_silenced(quiet):  # ... and says so at start-up, in C++, before any Python logger applies
-            ray.init(address=address, logging_level=logging.ERROR if quiet else logging.INFO, log_to_driver=not quiet)
-        local = bool(getattr(ray._private.worker._global_node, "head", False))  # started a cluster, not joined one
-    if not verbose():
-        import ray.data  # noqa: F401 - configures its own loggers on import; quiet them after
+    local = ray_session.init(address)
+    if not ray_session.verbose():
+        importlib.import_module("ray.data")  # configures its own loggers on import; quiet them after
 
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     cpus, gpus = _cluster_resources()

@@ -177,6 +177,18 @@ def _check_resources(workers: int, cpus: float, gpus: float, notify: Callable[[s
                "(on a fixed cluster lower --workers / --gpus-per-worker)")
 
 
+def _with_log_level(train_loop: Callable[[dict], None], level: str) -> Callable[[dict], None]:
+    """``train_loop`` with Ray's loggers in the worker at ``level`` (Ray Train logs every report at INFO)."""
+
+    def run(config: dict) -> None:
+        ray_dir = f"{os.sep}ray{os.sep}"  # some of Ray Train's loggers are named by file path
+        for name in ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray.") or ray_dir in n)]:
+            logging.getLogger(name).setLevel(level)
+        train_loop(config)
+
+    return run
+
+
 def fit(
     train_loop: Callable[[dict], None],
     loop_config: dict[str, Any],
@@ -200,21 +212,27 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=address)
+    from nstray import ray_session
+
+    local = ray_session.init(address, forward_worker_output=True)  # the loops print their epochs; Ray's own lines stay quiet
     _check_resources(workers, cpus_per_worker, gpus_per_worker, notify)
     fs, fs_path = storage.pyarrow_filesystem(out)
     resources = {"CPU": float(cpus_per_worker)}
     if gpus_per_worker > 0:
         resources["GPU"] = float(gpus_per_worker)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # a loop's print is shown once, as printed
+    if local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # a local cluster is never preempted
+    logging.getLogger("ray.train").setLevel(ray_session.worker_log_level())
     trainer = TorchTrainer(
-        train_loop,
+        _with_log_level(train_loop, ray_session.worker_log_level()),
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=fs_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
             failure_config=FailureConfig(max_failures=max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=ray_session.worker_log_level()),
         ),
     )
     try:
