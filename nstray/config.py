@@ -77,7 +77,6 @@ def _field_error(field: str, message: str, **ctx: Any) -> PydanticCustomError:
     return PydanticCustomError("field", message, {"field": field, **ctx})
 
 
-
 class SegmentConfig(_Model):
     """A segmentation model as a mask source (see the module docstring).
 
