@@ -98,7 +98,7 @@ def format_summary(s: JobSummary) -> str:
     else:
         lines.append("nothing to do: every output is already done" if not s.failed else "")
     lines.append(f"done {s.done}, skipped (already done) {s.skipped}, failed {s.failed}; "
-                 f"{s.records} usable image(s), {s.bad_records} bad record(s) in the annotations")
+                 f"{s.records} usable image(s), {s.bad_records} bad input record(s)")
     if s.redone:
         lines.append(f"redone {s.redone} output(s) recorded as done but missing or damaged")
     if s.removed or s.unexpected:
