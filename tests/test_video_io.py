@@ -166,3 +166,38 @@ def test_a_folder_of_frames_reads_in_natural_order_and_checks_sizes(tmp_path):
     Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / "f11.png")
     with pytest.raises(VideoError, match=r"f11.png: 8x4 but the folder's first frame is 8x6"):
         list(FrameFolderReader(tmp_path))
+
+
+def _gop_video(path, frames, gop: int, b_frames: int):
+    """An H.264 MP4 with a keyframe every ``gop`` frames and B-frames (frames reordered in the stream)."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.codec_context.gop_size = gop
+        s.codec_context.max_b_frames = b_frames
+        s.options = {"crf": "10", "keyint_min": str(gop), "sc_threshold": "0", "bf": str(b_frames)}
+        for f in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("b_frames", [0, 3])
+def test_a_chunk_read_by_seeking_equals_the_same_frames_decoded_from_the_start(tmp_path, b_frames):
+    frames = moving_frames(90, seed=4)
+    path = _gop_video(tmp_path / "gop.mp4", frames, gop=10, b_frames=b_frames)
+    with av.open(str(path)) as c:  # the file has what the test is about: keyframes to seek to, reordering
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+    assert sum(p.is_keyframe for p in packets) >= 8
+    assert b_frames == 0 or any(a.pts > b.pts for a, b in zip(packets, packets[1:]))
+    with VideoReader(path) as r:
+        whole = [f.rgb for f in r]
+    for start, stop in [(1, 5), (9, 12), (10, 11), (5, 90), (37, 90), (85, 200), (89, 90)]:  # (5, 90): past the demux margin
+        with VideoReader(path, start=start, max_frames=stop) as r:
+            got = [(f.index, f.rgb) for f in r]
+            assert r.frames_lost == 0
+        assert [i for i, _ in got] == list(range(start, min(stop, 90)))
+        assert all(np.array_equal(rgb, whole[i]) for i, rgb in got), (start, stop)

@@ -30,6 +30,7 @@ Choices (and why):
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Iterator
@@ -147,12 +148,18 @@ def probe(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> V
         c.close()
 
 
+_REORDER_MARGIN = 64  # packets demuxed past the start frame before its presentation-order rank is trusted
+
+
 class VideoReader:
     """Decode a video's first video stream frame by frame as upright RGB ``uint8[H, W, 3]``.
 
-    ``max_frames`` stops early (e.g. a preview); ``start`` skips the frames before it (decoded, as H.264
-    needs, but not converted to RGB; indices keep counting from the video's first frame, so a chunk of a
-    video read with ``start=s, max_frames=e`` yields frames ``s .. e-1``); ``size`` (longest side in px) downscales each frame
+    ``max_frames`` stops early (e.g. a preview); ``start`` skips the frames before it: the packets are
+    demuxed (not decoded) to find each frame's timestamp, the decoder seeks to the last keyframe at or
+    before frame ``start`` and decodes from there, so a chunk late in a long video costs its GOP, not the
+    whole prefix (a stream without timestamps is decoded from its first frame). Indices keep counting from
+    the video's first frame, so a chunk read with ``start=s, max_frames=e`` yields frames ``s .. e-1``.
+    ``size`` (longest side in px) downscales each frame
     (area interpolation, even sides kept as is). After iteration, :attr:`frames_read` is how many came
     out, :attr:`frames_lost` how many the header announced but a truncated or damaged stream never
     delivered (0 when complete, or when stopped by ``max_frames``), :attr:`problem` what went wrong.
@@ -191,6 +198,7 @@ class VideoReader:
         stream = self._container.streams.video[0]
         rot_k = info.rotation // 90
         stored_w, stored_h = (info.height, info.width) if rot_k % 2 else (info.width, info.height)
+        order = self._seek(stream) if self.start > 0 else None  # frame pts in presentation order
         it = self._container.decode(stream)
         while self.max_frames is None or self.frames_read < self.max_frames:
             try:
@@ -200,6 +208,13 @@ class VideoReader:
             except (av.error.FFmpegError, EOFError) as exc:
                 self.problem = f"decoding stopped at frame {self.frames_read}: {exc}"
                 break
+            if order is not None and self.frames_read < self.start:  # after a seek: a frame's index is its
+                # timestamp's rank until the start frame; from there frames come in presentation order
+                k = bisect.bisect_left(order, frame.pts) if frame.pts is not None else len(order)
+                if k >= len(order) or order[k] != frame.pts:
+                    raise VideoError(f"{self.path}: frame timestamp {frame.pts} after seeking is not in the stream's "
+                                     "index; re-mux the file (e.g. ffmpeg -i IN -c copy OUT.mp4)")
+                self.frames_read = k
             if self.frames_read < self.start:
                 self.frames_read += 1
                 continue
@@ -221,6 +236,33 @@ class VideoReader:
             self.frames_lost = info.frames - self.frames_read
             if self.problem is None:
                 self.problem = f"the stream ends after {self.frames_read} of {info.frames} frames (truncated)"
+
+
+    def _seek(self, stream) -> list[int] | None:
+        """Position the decoder at the last keyframe at or before frame :attr:`start`; the sorted timestamps of
+        the frames demuxed (up to a margin past ``start``), or None (decoder left at the first frame) when
+        packets lack timestamps. Demuxing reads packets without decoding them: far cheaper than decoding."""
+        entries: list[tuple[int, bool]] = []
+        try:
+            for packet in self._container.demux(stream):
+                if packet.size == 0:  # the demuxer's final flush packet
+                    continue
+                if packet.pts is None:
+                    entries = []
+                    break
+                entries.append((int(packet.pts), bool(packet.is_keyframe)))
+                if len(entries) > self.start + _REORDER_MARGIN:  # frame ``start`` is placed: H.264/HEVC reorder
+                    break                                        # at most 16 frames
+        finally:
+            self._container.seek(0, stream=stream)
+        if len(entries) <= self.start:
+            return None  # too short, or no timestamps: decode from the first frame
+        order = sorted(p for p, _ in entries)
+        target = order[self.start]
+        keys = [p for p, key in entries if key and p <= target]
+        if keys and max(keys) > order[0]:
+            self._container.seek(max(keys), stream=stream, backward=True, any_frame=False)
+        return order
 
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
