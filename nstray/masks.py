@@ -322,21 +322,22 @@ def with_masks(parts: Sequence[Any], masks: dict[int, np.ndarray]) -> list[Any]:
 
 
 def box_masks(image: np.ndarray, parts: Sequence[Any], mode: str = "auto", *, labels: np.ndarray | None = None,
-              classes: Sequence[str] = (), iterations: int = 3) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+              classes: Sequence[str] = (), iterations: int = 3,
+              min_fill: float = 0.4) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Masks of the box-only parts of ``parts`` and where each came from: ``({k: bool[H, W]}, {k: source})``.
 
     Each box takes the first source that gives a mask: the segmenter (``labels``, its ``int[H, W]``
     prediction with ``classes``; the pixels of the part's category inside the box) when ``mode`` is
     ``auto``/``segmenter`` and ``labels`` is given; GrabCut from the box unless ``mode`` is ``box``; else
-    the box itself (no entry in the masks: :func:`label_map` draws the box).
+    the box itself (no entry in the masks: :func:`label_map` draws the box). ``iterations`` and ``min_fill``:
+    see :func:`grabcut_box`.
     """
     height, width = image.shape[:2]
     masks: dict[int, np.ndarray] = {}
     sources: dict[int, str] = {}
     index = {c: i for i, c in enumerate(classes) if i > 0}
     for k, part in enumerate(parts):
-        seg = part.segmentation
-        if not (seg is None or (isinstance(seg, (list, tuple)) and len(seg) == 0)):
+        if not part.box_only:
             continue
         mask = None
         if mode in ("auto", "segmenter") and labels is not None and part.category in index:
@@ -346,7 +347,7 @@ def box_masks(image: np.ndarray, parts: Sequence[Any], mode: str = "auto", *, la
             if inside.any():
                 mask, sources[k] = inside, "segmenter"
         if mask is None and mode != "box":
-            mask = grabcut_box(image, part.bbox, iterations=iterations)
+            mask = grabcut_box(image, part.bbox, iterations=iterations, min_fill=min_fill)
             if mask is not None:
                 sources[k] = "grabcut"
         if mask is None:

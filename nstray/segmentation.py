@@ -126,21 +126,20 @@ def predict_coco(seg: Segmenter, root: str, uris: Sequence[str], *, model_ref: s
 
     Predictions come from :func:`~nstray.models.segmentation.predict_images` and become annotations through
     :func:`nstray.masks.mask_annotations`, exactly as in the dataset job's segmenter mask source."""
+    from nstray.data.coco import listing_records
     from nstray.masks import mask_annotations
     from nstray.models.segmentation import predict_images
 
-    base = root.rstrip("/") + "/"
     categories = [{"id": k, "name": name, "supercategory": "vehicle_part"} for k, name in enumerate(seg.classes) if k]
     ids = {c["name"]: c["id"] for c in categories}
     images: list[dict] = []
     annotations: list[dict] = []
-    for i, uri in enumerate(uris):
-        rel = uri[len(base):] if uri.startswith(base) else storage.parse(uri).path.rsplit("/", 1)[-1]
-        image = decode_image(storage.read_bytes(uri), name=uri, max_pixels=max_pixels)
+    for i, record in enumerate(listing_records(root, list(uris))):  # ids and file names as the dataset job gives
+        image = decode_image(storage.read_bytes(record.uri), name=record.uri, max_pixels=max_pixels)
         h, w = image.shape[:2]
         labels, conf = predict_images(seg, [image], size, device)[0]
-        image_id = i + 1
-        images.append({"id": image_id, "file_name": rel, "width": w, "height": h})
+        image_id = record.image_id
+        images.append({"id": image_id, "file_name": record.file_name, "width": w, "height": h})
         for ann in mask_annotations(labels, conf, seg.classes):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[ann.pop("category")],
                                 **ann, "iscrowd": 0, "predicted": True})

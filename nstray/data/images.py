@@ -39,9 +39,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 50_000_000
+"""Default pixel limit (50 MP: above any camera photo in a car-parts dataset, far below a bomb)."""
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 """File name endings that count as images when a folder or prefix is listed."""
-"""Default pixel limit (50 MP: above any camera photo in a car-parts dataset, far below a bomb)."""
 
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90°/270° (width and height swap)
 

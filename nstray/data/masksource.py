@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = ["PartLabels", "MaskSource", "MaskSourceError", "WholeFrame", "CocoParts", "SegmenterParts", "LabelImage",
-           "coco_record", "check_labels", "filled_boxes"]
+           "coco_record", "check_labels", "filled_boxes", "needs_segmenter"]
 
 
 class MaskSourceError(ValueError):
@@ -118,6 +118,12 @@ class CocoParts:
                           mask_sources(*("box" if p.box_only else "coco" for p in record.parts)))
 
 
+def needs_segmenter(parts: Sequence[Any], boxes: str) -> bool:
+    """Whether a record with ``parts`` needs a segmenter's prediction: it has no parts at all, or box-only
+    parts that ``boxes`` (``auto``/``segmenter``) fills from the segmenter."""
+    return not parts or (boxes in ("auto", "segmenter") and any(p.box_only for p in parts))
+
+
 def filled_boxes(record: Any, image: np.ndarray, order: str | Sequence[str], mode: str,
                  labels: np.ndarray | None = None, confidence: np.ndarray | None = None,
                  classes: Sequence[str] = ()) -> PartLabels:
@@ -162,8 +168,7 @@ class SegmenterParts:
         self.device = device
 
     def needs_model(self, record: Any) -> bool:
-        """Whether ``record``'s labels need a prediction (no parts; box-only parts the segmenter fills)."""
-        return not record.parts or (self.boxes in ("auto", "segmenter") and any(p.box_only for p in record.parts))
+        return needs_segmenter(record.parts, self.boxes)
 
     def labels(self, record: Any, image: np.ndarray) -> PartLabels:
         return self.labels_batch([record], [image])[0]

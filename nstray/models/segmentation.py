@@ -8,8 +8,8 @@ Conventions:
 * a label map is ``int64[H, W]``: ``0`` is background, ``k`` is ``classes[k]``, :data:`IGNORE_INDEX`
   (255) marks pixels that count for neither loss nor IoU;
 * networks return torchvision's ``{"out": logits[B, C, H, W], "aux": ...}`` at the input size;
-  :meth:`Segmenter.predict` works at a chosen ``size`` (shorter side) and resizes the argmax back to
-  the exact input size (nearest), so a mask always matches its image pixel for pixel.
+  :meth:`Segmenter.predict` works at a chosen ``size`` (shorter side) and upsamples the class scores
+  bilinearly to the exact input size before the argmax, so a mask always matches its image pixel for pixel.
 
 Pretrained weights (:data:`PRETRAINED`) carry what torchvision's weights enums carry: category names,
 input transforms, reported metrics, parameter count, the torchvision file and how to get it. The

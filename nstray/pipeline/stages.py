@@ -78,8 +78,9 @@ class StageOptions:
     def needs_model(self, parts: Sequence[Any]) -> bool:
         """Whether a record with ``parts`` is labeled by the segmenter in the actor (no parts at all, or
         box-only parts the segmenter fills)."""
-        return bool(self.segment_model) and (not parts or (self.boxes in ("auto", "segmenter")
-                                                            and any(p.box_only for p in parts)))
+        from nstray.data.masksource import needs_segmenter
+
+        return bool(self.segment_model) and needs_segmenter(parts, self.boxes)
 
     def pending(self, image_id: int) -> tuple[int, ...]:
         """The variants still to make for ``image_id``."""

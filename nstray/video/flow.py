@@ -27,7 +27,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["FlowError", "FlowEstimator", "ESTIMATORS", "warp", "consistency", "reliable_mask", "compose"]
+__all__ = ["FlowError", "FlowEstimator", "ESTIMATORS", "warp", "consistency", "leaves_frame", "reliable_mask", "compose"]
 
 ESTIMATORS = ("dis-ultrafast", "dis-fast", "dis-medium", "farneback")
 _DIS_PRESETS = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "dis-fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -98,6 +98,15 @@ def compose(flow_ab: np.ndarray, flow_bc: np.ndarray) -> np.ndarray:
     return flow_ab + warp(flow_bc, flow_ab)
 
 
+def leaves_frame(flow: np.ndarray) -> np.ndarray:
+    """``bool[H, W]``: pixels whose target ``x + flow(x)`` falls outside the frame."""
+    _check_flow(flow)
+    h, w = flow.shape[:2]
+    xs, ys = _grid(h, w)
+    tx, ty = xs + flow[..., 0], ys + flow[..., 1]
+    return (tx < 0) | (tx > w - 1) | (ty < 0) | (ty > h - 1)
+
+
 def consistency(flow_ab: np.ndarray, flow_ba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(occluded, motion_boundary) boolean ``[H, W]`` masks on ``a``'s grid (Lai et al. 2018 thresholds).
 
@@ -109,9 +118,7 @@ def consistency(flow_ab: np.ndarray, flow_ba: np.ndarray) -> tuple[np.ndarray, n
     back = warp(flow_ba, flow_ab)
     s = flow_ab + back
     occluded = (s ** 2).sum(-1) > 0.01 * ((flow_ab ** 2).sum(-1) + (back ** 2).sum(-1)) + 0.5
-    xs, ys = _grid(h, w)
-    tx, ty = xs + flow_ab[..., 0], ys + flow_ab[..., 1]
-    occluded |= (tx < 0) | (tx > w - 1) | (ty < 0) | (ty > h - 1)
+    occluded |= leaves_frame(flow_ab)
     du = np.gradient(flow_ab[..., 0])
     dv = np.gradient(flow_ab[..., 1])
     grad2 = du[0] ** 2 + du[1] ** 2 + dv[0] ** 2 + dv[1] ** 2

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nstray.video.flow import FlowEstimator, compose, consistency, warp
+from nstray.video.flow import FlowEstimator, compose, consistency, leaves_frame, warp
 
 __all__ = ["StabilizeError", "Stabilizer", "StabilizerStats", "DEFAULT_FLOW"]
 
@@ -183,10 +183,7 @@ class Stabilizer:
             return src
         self.stats.reliable_sum += float(fb_ok.mean())
         if not self.occlusions:  # only pixels whose flow leaves the frame; the stillness gate judges the rest
-            h, w = fwd.shape[:2]
-            xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-            occluded = ((xs + fwd[..., 0] < 0) | (xs + fwd[..., 0] > w - 1) | (ys + fwd[..., 1] < 0)
-                        | (ys + fwd[..., 1] > h - 1))
+            occluded = leaves_frame(fwd)
         ok = ~(occluded | boundary) if self.boundaries else ~occluded
         if labels is not None and self._labels is not None:
             ok = ok & (warp(self._labels.astype(np.float32), fwd, interpolation=cv2.INTER_NEAREST)
