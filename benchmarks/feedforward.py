@@ -13,8 +13,11 @@ video when it is present, else noise), same thread count for both engines:
     (fp32 / fp16 / bf16), with the low-precision output compared to fp32.
 
 nstray is measured as a user gets it: ``import nstray`` comes first, so its process settings
-(nstray/_runtime.py: retained malloc, passive OpenMP waits) apply; ``--tuning off`` shows the plain
-process. Where the video is missing the input is a synthetic car (nstray.data.synth), not noise.
+(nstray/_runtime.py: retained malloc, OpenMP threads that spin briefly then sleep) apply; ``--tuning
+off`` shows the plain process. onnxruntime runs with its defaults except that its threads stop
+spinning when a run returns (``--spin stop``): by default they spin on after it, on the cores
+nstray's next interleaved run needs (``--spin default`` shows that; it does not speed onnxruntime up).
+Where the video is missing the input is a synthetic car (nstray.data.synth), not noise.
 
     python benchmarks/feedforward.py                       # CPU: 512², 1024²
     python benchmarks/feedforward.py --tuning off          # the process without nstray's settings
@@ -42,6 +45,7 @@ def _flag(name: str) -> str | None:
 if _flag("--spin") == "off":
     # OpenMP reads this once, when torch starts its thread pool: it must be set before the import
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.pop("GOMP_SPINCOUNT", None)
 if _flag("--tuning") == "off":
     os.environ["NSTRAY_CPU_TUNING"] = "off"  # the process as it was before nstray tuned it at import
 
@@ -155,6 +159,8 @@ def ort_session(threads: int, device: str, spin: str = "default"):
     opts = ort.SessionOptions()
     if spin == "off":
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif spin == "stop":
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -395,9 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"])
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     ap.add_argument("--frame", type=int, default=20)
-    ap.add_argument("--spin", choices=["default", "off"], default="default",
-                    help="off: idle worker threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE for torch, "
-                         "allow_spinning=0 for onnxruntime); fairer on a machine shared with other work")
+    ap.add_argument("--spin", choices=["stop", "default", "off"], default="stop",
+                    help="stop (default): onnxruntime's threads spin during its run and stop when it returns "
+                         "(session.force_spinning_stop), as nstray's stop within a millisecond (GOMP_SPINCOUNT), "
+                         "so neither engine's idle threads eat the other's next timed run; default: onnxruntime's "
+                         "own default, whose threads keep spinning into nstray's run; off: idle threads of both "
+                         "engines sleep at once (OMP_WAIT_POLICY=PASSIVE for torch, allow_spinning=0 for onnxruntime)")
     ap.add_argument("--malloc", choices=["default", "retain"], default="default",
                     help="retain: glibc keeps freed memory for reuse (nstray._runtime.retain_freed_memory), "
                          "whatever --tuning says; both engines")
@@ -405,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="on: the process settings nstray applies when imported, as any user gets them "
                          "(nstray/_runtime.py); off: NSTRAY_CPU_TUNING=off, the plain process (the old default)")
     ap.add_argument("--gap", type=float, default=0.0,
-                    help="seconds of idle time before each timed call, so one engine's idle-spinning threads "
-                         "(onnxruntime spins after a run by default) do not slow the other engine's next call")
+                    help="seconds of idle time before each timed call (another way to keep one engine's "
+                         "idle-spinning threads out of the other engine's next call)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--_memory-probe", dest="memory_probe", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

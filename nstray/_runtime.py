@@ -7,15 +7,20 @@ costs more than the convolutions on small or virtualised machines. ``mallopt(M_M
 a high ``M_TRIM_THRESHOLD`` make glibc keep freed memory for reuse (an arena, as onnxruntime has):
 the process keeps its peak resident size, as a long-lived worker does anyway.
 
-OpenMP worker threads spin after each parallel region by default; on a machine shared with other
-work (other processes, Ray tasks, the decode/encode threads of a job) the spinning steals the
-cores that work needs. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep; OpenMP reads it only when
-torch loads, so it is set here only if torch is not imported yet (the ``nstray`` command imports
-this package first).
+OpenMP worker threads wait for the next parallel region by spinning, then sleep. A forward pass
+is hundreds of parallel regions a few microseconds apart: threads that sleep at once
+(``OMP_WAIT_POLICY=PASSIVE``) pay a futex wake-up on every one (about 25% of a 512² multi-style
+forward on 2 cores), threads that spin long (libgomp's default 300,000 spins, about 10 ms of a
+core after the last op; ``ACTIVE``: forever) take the cores that other work needs (other
+processes, Ray tasks, a job's decode/encode threads). ``GOMP_SPINCOUNT=10000`` spins for well
+under a millisecond: the regions of one forward pass find their threads awake, and an idle
+process sleeps. libgomp (PyTorch's OpenMP on Linux) reads it only when torch loads, so it is set
+here only if torch is not imported yet (the ``nstray`` command imports this package first).
+Measured by ``benchmarks/feedforward.py`` (``--tuning off`` for the plain process).
 
-Both are skipped where the user decided: ``NSTRAY_CPU_TUNING=off`` turns this module off, a set
-``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``OMP_WAIT_POLICY`` is left as it is. Nothing
-here imports torch.
+Both are skipped where the user decided: ``NSTRAY_CPU_TUNING=off`` turns this module off; a set
+``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_``, or a set ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``,
+is left as it is. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ import sys
 __all__ = ["CPU_ENV", "applied", "configure", "retain_freed_memory"]
 
 # the same settings as environment variables, for child processes (Ray workers) that start their own Python
-CPU_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "OMP_WAIT_POLICY": "PASSIVE"}
+CPU_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "GOMP_SPINCOUNT": "10000"}
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 2**31 - 1
 
-applied: dict[str, bool] = {"malloc": False, "omp_wait_policy": False}
+applied: dict[str, bool] = {"malloc": False, "omp_spin": False}
 
 
 def retain_freed_memory() -> bool:
@@ -60,7 +65,7 @@ def configure() -> dict[str, bool]:
         return applied
     if not applied["malloc"] and not any(k in os.environ for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")):
         applied["malloc"] = retain_freed_memory()
-    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        applied["omp_wait_policy"] = True
+    if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")) and "torch" not in sys.modules:
+        os.environ["GOMP_SPINCOUNT"] = CPU_ENV["GOMP_SPINCOUNT"]
+        applied["omp_spin"] = True
     return applied

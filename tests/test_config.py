@@ -161,7 +161,7 @@ def test_stage_env_tunes_cpu_actors_and_forwards_storage_settings_but_no_secret(
     monkeypatch.setenv("NSTRAY_S3_MAX_ATTEMPTS", "7")
     cpu = stage_env(place(ResourcesConfig(actors=2), 8, 0))
     assert cpu["NSTRAY_S3_MAX_ATTEMPTS"] == "7" and cpu["MALLOC_MMAP_MAX_"] == "0"
-    assert cpu["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert cpu["GOMP_SPINCOUNT"] == "10000"
     gpu = stage_env(place(ResourcesConfig(actors=2, gpus_per_actor=1), 8, 2))
     assert gpu["NSTRAY_S3_MAX_ATTEMPTS"] == "7" and "MALLOC_MMAP_MAX_" not in gpu
     assert not [k for k in {**cpu, **gpu} if "SECRET" in k or "KEY_ID" in k or "TOKEN" in k]

@@ -97,6 +97,28 @@ def test_conv_reflect_equals_pad_then_conv(kernel, stride, size, monkeypatch):
     torch.testing.assert_close(ms._conv_reflect(x, w, stride), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,size,cl", [(9, (44, 52), True), (9, (45, 50), True), (9, (37, 41), False),
+                                             (5, (20, 21), True), (3, (12, 9), False)])
+def test_space_to_depth_conv_equals_pad_then_conv(kernel, size, cl):
+    """The decoder's last conv runs on the pixel-unshuffled map: the same numbers on even and odd sides."""
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(2, 4, *size, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+    w = torch.randn(3, 4, kernel, kernel, generator=g)
+    p = kernel // 2
+    expected = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), w)
+    got = ms._conv_reflect_phases(x, w)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_last_conv_takes_the_space_to_depth_path_on_cpu(model):
+    last = model.expand[2].conv
+    assert ms._phases_pay(torch.empty(1, 4, 64, 64), last)
+    assert not ms._phases_pay(torch.empty(1, 3, 64, 64), model.contract[0].conv)  # 32 outputs: plain conv is faster
+    assert not ms._phases_pay(torch.empty(1, 4, 9, 64), last)  # too small for the phase view
+
+
 def test_batch_of_different_styles_equals_one_by_one(model):
     x = _photo_like(48, 56)
     xb = torch.cat([x, x.flip(-1)])

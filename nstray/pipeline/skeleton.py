@@ -118,8 +118,8 @@ def _cluster_resources() -> tuple[float, float]:
 
 
 # CPU actors: glibc keeps freed memory for reuse (torch's CPU allocator has no cache, so every big
-# intermediate is otherwise a fresh mmap + page faults) and idle OpenMP threads sleep instead of
-# spinning against the other actors' threads. Measured 1.2–1.4× by benchmarks/feedforward.py.
+# intermediate is otherwise a fresh mmap + page faults) and OpenMP threads spin only briefly between
+# ops (awake within a forward pass, asleep instead of spinning against the other actors' threads).
 # (nstray/_runtime.py applies the same at import; the variables also cover what loads before nstray)
 _CPU_ACTOR_ENV = _runtime.CPU_ENV
 # the driver's storage settings reach every worker (never credentials: workers find those themselves)
