@@ -52,6 +52,18 @@ _RGB2YCC = torch.tensor(
 _YCC2RGB = torch.linalg.inv(_RGB2YCC)
 
 
+def _max3(x: Tensor, dim: int) -> Tensor:
+    """Max over each element and its two neighbours along ``dim`` (the frame is not a neighbour): a 1×3 max
+    filter as two shifted elementwise maxima (several times faster than a one-channel ``max_pool2d``)."""
+    out = x.clone()
+    n = x.shape[dim]
+    right = out.narrow(dim, 1, n - 1)
+    torch.maximum(right, x.narrow(dim, 0, n - 1), out=right)
+    left = out.narrow(dim, 0, n - 1)
+    torch.maximum(left, x.narrow(dim, 1, n - 1), out=left)
+    return out
+
+
 def inside_distance(label_map: Tensor, max_px: int) -> Tensor:
     """How many pixels each pixel lies inside its own label region, capped at ``max_px``.
 
@@ -61,17 +73,15 @@ def inside_distance(label_map: Tensor, max_px: int) -> Tensor:
     """
     if label_map.dim() not in (2, 3):
         raise ValueError(f"label_map must be [H, W] or [B, H, W], got {list(label_map.shape)}")
-    lab = label_map.to(torch.float32).reshape(-1, 1, *label_map.shape[-2:])  # small ints: exact in float32
-    hi, lo = lab, -lab
+    lab = label_map.to(torch.float32).reshape(-1, *label_map.shape[-2:])  # small ints: exact in float32
+    both = torch.stack([lab, -lab], 1)  # [N, 2, H, W]: the neighbourhood's highest and (negated) lowest label
     dist = torch.zeros_like(label_map, dtype=torch.int32)
     for r in range(max_px):
         if r % 2 == 0:  # 3x3 square step
-            hi = F.max_pool2d(hi, 3, stride=1, padding=1)
-            lo = F.max_pool2d(lo, 3, stride=1, padding=1)
+            both = _max3(_max3(both, -1), -2)
         else:  # plus-shaped step: max of a row and a column pass
-            hi = torch.maximum(F.max_pool2d(hi, (1, 3), 1, (0, 1)), F.max_pool2d(hi, (3, 1), 1, (1, 0)))
-            lo = torch.maximum(F.max_pool2d(lo, (1, 3), 1, (0, 1)), F.max_pool2d(lo, (3, 1), 1, (1, 0)))
-        uniform = ((hi == lab) & (-lo == lab)).view(label_map.shape)
+            both = torch.maximum(_max3(both, -1), _max3(both, -2))
+        uniform = ((both[:, 0] == lab) & (both[:, 1] == -lab)).view(label_map.shape)
         if label_map.is_cpu and not bool(uniform.any()):  # a shortcut only where asking costs no device sync
             break
         dist += uniform.to(torch.int32)

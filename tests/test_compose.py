@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nstray import compose
 
@@ -64,6 +65,32 @@ def test_inside_distance_is_octagonal_not_square():
     assert d[20, 25] == 4 and d[25, 20] == 4 and d[15, 20] == 4
     assert d[25, 25] == 6 and d[15, 15] == 6
     assert d[0, 0] == 10  # capped
+
+
+def _inside_distance_by_pooling(lab: torch.Tensor, max_px: int) -> torch.Tensor:
+    """The definition with max_pool2d (frame-padding ignored): alternating 3×3 square and plus-shaped steps."""
+    x = lab.to(torch.float32).reshape(-1, 1, *lab.shape[-2:])
+    hi, lo, dist = x, -x, torch.zeros(lab.shape, dtype=torch.int32)
+    for r in range(max_px):
+        if r % 2 == 0:
+            hi, lo = F.max_pool2d(hi, 3, 1, 1), F.max_pool2d(lo, 3, 1, 1)
+        else:
+            hi = torch.maximum(F.max_pool2d(hi, (1, 3), 1, (0, 1)), F.max_pool2d(hi, (3, 1), 1, (1, 0)))
+            lo = torch.maximum(F.max_pool2d(lo, (1, 3), 1, (0, 1)), F.max_pool2d(lo, (3, 1), 1, (1, 0)))
+        dist += ((hi == x) & (-lo == x)).view(lab.shape).to(torch.int32)
+    return dist
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 80), (37, 53), (2, 1, 9), (1, 7, 1)])
+def test_inside_distance_equals_the_max_pool_definition(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    lab = torch.randint(-1, 5, shape, generator=g)
+    if min(shape[-2:]) > 8:  # blobs, so distances grow past 1
+        coarse = torch.randint(-1, 5, (*shape[:-2], shape[-2] // 8 + 1, shape[-1] // 8 + 1), generator=g)
+        lab = F.interpolate(coarse.reshape(-1, 1, *coarse.shape[-2:]).float(), size=shape[-2:])
+        lab = lab.reshape(shape).long()
+    for max_px in (1, 2, 3, 7):
+        assert torch.equal(compose.inside_distance(lab, max_px), _inside_distance_by_pooling(lab, max_px))
 
 
 def test_strength_zero_is_the_original_and_one_is_the_layer():
