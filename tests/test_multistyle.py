@@ -216,6 +216,28 @@ def test_per_pixel_cost_follows_the_styles_in_use(model):
     assert set(style.pyramid) == {1, 2, 4} and style.maps(4, 10, 11).shape == (1, 10, 11, 2)
 
 
+def test_active_styles_form_equals_the_full_weight_maps(model):
+    """[B, K, H, W] maps of the K styles in use (here a channels-last view, as the part stylizer passes
+    them) give the full [B, S, H, W] result, also with an active style that weighs nothing anywhere."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([_photo_like(41, 50), _photo_like(41, 50).flip(-1)])
+    part = torch.randint(0, 3, (2, 41 // 6 + 1, 50 // 6 + 1), generator=g)
+    part = F.interpolate(part[:, None].float(), size=(41, 50))[:, 0].long()
+    rows = torch.tensor([[0.0] * NUM_STYLES] * 4)
+    rows[0, 4], rows[1, 11], rows[2, 11], rows[2, 20] = 1.0, 1.0, 0.5, 0.5
+    full = rows[part].permute(0, 3, 1, 2)  # [B, S, H, W]
+    active = torch.tensor([20, 4, 11, 7])  # any order; style 7 weighs nothing
+    pixel_major = rows[:, active][part]  # [B, H, W, K]
+    with torch.inference_mode():
+        expected = model(x, full)
+        got = model(x, pixel_major.permute(0, 3, 1, 2), active=active)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match=r"\[B=2, K=4, 41, 50\]"):
+        model(x, pixel_major, active=active)
+    with pytest.raises(ValueError, match="distinct style indices"):
+        model(x, pixel_major.permute(0, 3, 1, 2), active=torch.tensor([20, 4, 11, 26]))
+
+
 def test_output_size_range_and_memory_format(model):
     x = _photo_like(37, 29)
     w = torch.eye(NUM_STYLES)[[8]]

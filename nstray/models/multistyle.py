@@ -501,37 +501,55 @@ class MultiStyleNet(nn.Module):
             ]
         )
 
-    def _style(self, style_weights: Tensor, x: Tensor) -> _Style:
+    def _style(self, style_weights: Tensor, x: Tensor, active: Tensor | None = None) -> _Style:
         b, _, h, w = x.shape
         sw = style_weights.to(device=x.device)
-        if sw.dim() == 1:
-            sw = sw.expand(b, -1)
-        if sw.dim() not in (2, 4) or sw.shape[0] != b or sw.shape[1] != self.num_styles:
-            raise ValueError(
-                f"style_weights must be [B={b}, S={self.num_styles}] or [B, S, H, W], got {list(sw.shape)}"
-            )
-        if sw.dim() == 2:
-            return _Style(per_image=sw)
-        if sw.shape[-2:] != (h, w):
-            raise ValueError(f"per-pixel style_weights must be [B, S, {h}, {w}] like the image, got {list(sw.shape)}")
-        active = ((sw.amax(dim=(0, 2, 3)) != 0) | (sw.amin(dim=(0, 2, 3)) != 0)).nonzero().flatten()
-        if active.numel() == 0:
-            raise ValueError("per-pixel style_weights are zero everywhere")
-        wk = sw.index_select(1, active).to(x.dtype)  # [B, K, H, W]
+        if active is not None:
+            active = torch.as_tensor(active, dtype=torch.long, device=x.device).flatten()
+            k = active.numel()
+            if sw.dim() != 4 or sw.shape[:2] != (b, k) or sw.shape[-2:] != (h, w):
+                raise ValueError(f"with active (K={k} styles), style_weights must be [B={b}, K={k}, {h}, {w}], "
+                                 f"got {list(sw.shape)}")
+            if k == 0 or int(active.min()) < 0 or int(active.max()) >= self.num_styles or active.unique().numel() != k:
+                raise ValueError(f"active must hold distinct style indices in 0..{self.num_styles - 1}, "
+                                 f"got {active.tolist()}")
+            wk = sw.to(x.dtype)
+        else:
+            if sw.dim() == 1:
+                sw = sw.expand(b, -1)
+            if sw.dim() not in (2, 4) or sw.shape[0] != b or sw.shape[1] != self.num_styles:
+                raise ValueError(
+                    f"style_weights must be [B={b}, S={self.num_styles}] or [B, S, H, W], got {list(sw.shape)}"
+                )
+            if sw.dim() == 2:
+                return _Style(per_image=sw)
+            if sw.shape[-2:] != (h, w):
+                raise ValueError(f"per-pixel style_weights must be [B, S, {h}, {w}] like the image, "
+                                 f"got {list(sw.shape)}")
+            active = ((sw.amax(dim=(0, 2, 3)) != 0) | (sw.amin(dim=(0, 2, 3)) != 0)).nonzero().flatten()
+            if active.numel() == 0:
+                raise ValueError("per-pixel style_weights are zero everywhere")
+            wk = sw.index_select(1, active).to(x.dtype)  # [B, K, H, W]
         ph, pw = -h % 4, -w % 4
         full = F.pad(wk, (0, pw, 0, ph), mode="replicate") if (ph or pw) else wk
         half = F.avg_pool2d(full, 2)
         pyramid = {1: full, 2: half, 4: F.avg_pool2d(half, 2)}  # area averages: pooling twice = pooling by 4
         return _Style(pyramid=pyramid, active=active)
 
-    def forward(self, x: Tensor, style_weights: Tensor) -> Tensor:
-        """Stylize ``x`` ([B, 3, H, W], values in [0, 1]) with ``style_weights`` ([B, S] or [B, S, H, W])."""
+    def forward(self, x: Tensor, style_weights: Tensor, active: Tensor | None = None) -> Tensor:
+        """Stylize ``x`` ([B, 3, H, W], values in [0, 1]) with ``style_weights`` ([B, S] or [B, S, H, W]).
+
+        With ``active`` (K distinct style indices), ``style_weights`` is ``[B, K, H, W]``: the weight
+        maps of those styles only, every other style's weight being zero. The same result as the
+        ``[B, S, H, W]`` form, without building and scanning S planes (a per-part caller knows which
+        styles it uses); a channels-last ``[B, K, H, W]`` view of a ``[B, H, W, K]`` tensor is read as is.
+        """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x must be [B, 3, H, W], got {list(x.shape)}")
         h, w = x.shape[-2:]
         if min(h, w) < _MIN_SIDE:
             raise ValueError(f"image is {h}x{w}; both sides need at least {_MIN_SIDE} pixels")
-        style = self._style(style_weights, x)
+        style = self._style(style_weights, x, active)
         keep_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         out_format = torch.channels_last if keep_cl else torch.contiguous_format
         y = x.contiguous(memory_format=torch.channels_last)

@@ -442,10 +442,14 @@ class PartStylizer:
     # ------------------------------------------------------------------ forward passes
 
     def _run(self, kind: str, x: Tensor, style: Tensor | tuple[Tensor, Tensor] | None) -> Tensor:
+        """``style``: multi-style weights [B, S] or (maps [B, K, H, W], the K style indices); arbitrary (vectors, maps)."""
         if kind in self.feedforward:  # a trained single-style network: no style condition
             return self.feedforward[kind](x)
         if kind == "multistyle":
-            assert self.multistyle is not None and isinstance(style, Tensor)
+            assert self.multistyle is not None and style is not None
+            if isinstance(style, tuple):
+                maps, active = style
+                return self.multistyle(x.to(self._dtype), maps.to(self._dtype), active=active).float()
             return self.multistyle(x.to(self._dtype), style.to(self._dtype)).float()
         assert self.transformer is not None
         return self.transformer(x, style)
@@ -471,8 +475,9 @@ class PartStylizer:
             style = None if kind in self.feedforward else self._style_maps(group, chunk, slots, kind)
             layer.index_copy_(0, slots, self._run(kind, x, style).to(layer.dtype))
 
-    def _style_maps(self, group: _Group, works: list[_Work], slots: Tensor, kind: str) -> Tensor | tuple[Tensor, Tensor]:
-        """Per-pixel style conditions of a chunk: [B,26,H,W] weights, or ([B,R,100], [B,R,H,W]) for arbitrary.
+    def _style_maps(self, group: _Group, works: list[_Work], slots: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+        """Per-pixel style conditions of a chunk: ([B,K,H,W] weights of the K styles used, their indices) for
+        the multi-style network, or ([B,R,100] vectors, [B,R,H,W] one-hot maps) for arbitrary.
 
         Pixels outside the network's parts take the nearest part's style (so a part's edge sees its
         own style on both sides). For the multi-style network, whose norms take each style's
@@ -508,7 +513,8 @@ class PartStylizer:
             fillers.append(int(unused[0]) if len(unused) else -1)
             if len(unused):
                 table[j, nrows, unused[0]] = 1.0
-        full = torch.from_numpy(table).to(self.device, non_blocking=True)
+        active = np.flatnonzero(np.abs(table).sum((0, 1)))  # the styles this chunk uses (and its fillers)
+        full = torch.from_numpy(np.ascontiguousarray(table[:, :, active])).to(self.device, non_blocking=True)
         banded = self.edge_band_px is not None and all(f >= 0 for f in fillers)
         fill, dist = _fill_nearest(rows, self.edge_band_px if banded else None, self.nearest_fill)
         fill, dist = fill.to(self.device), dist.to(self.device)
@@ -518,7 +524,8 @@ class PartStylizer:
             has = torch.tensor([f >= 0 for f in fillers], device=self.device)[:, None, None]
             fill = torch.where(has & (dist > self.edge_band_px), nrows, fill)
         batch = torch.arange(b, device=self.device)[:, None, None]
-        return full[batch, fill].permute(0, 3, 1, 2).contiguous()  # the network reads it per style plane
+        # [B, H, W, K] gathered, handed over as a [B, K, H, W] view: the network's norms read it pixel-major
+        return full[batch, fill].permute(0, 3, 1, 2), torch.from_numpy(active).to(self.device)
 
     def _crop_passes(self, groups: list[_Group], works: list[_Work]) -> None:
         """Style every scaled region's crop, one batch per (network, working size), pasted into a ``crops`` layer.
