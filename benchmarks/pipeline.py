@@ -200,7 +200,8 @@ def ray_job(annotations: str, images: str, plan_path: str, out: str, variants: i
     report = summary.report or {}
     return {"outputs": n, "failed": summary.failed, "seconds": seconds, "images_per_s": n / seconds,
             "steady_images_per_s": steady, "pipeline_seconds": summary.pipeline_seconds, "placement": summary.placement,
-            "codec": codec, "stages": report.get("stages"), "devices": (report.get("actors") or {}).get("devices")}
+            "codec": codec, "stages": report.get("stages"), "devices": (report.get("actors") or {}).get("devices"),
+            "report_gpu_utilization": (report.get("actors") or {}).get("gpu_utilization_mean")}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -352,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{section.get('ray_steady_images_per_s_per_gpu', float('nan')):.2f} steady "
                   f"({args.precision}, batch {args.batch_size}, {args.gpu_actors} actor(s)); GPU utilisation "
                   f"bare {section.get('bare_gpu_util_mean', float('nan')):.0f}%, "
-                  f"job {section.get('ray_gpu_util_mean', float('nan')):.0f}%; "
+                  f"job {section.get('ray_gpu_util_mean', float('nan')):.0f}% (job_report.json's per-actor mean: "
+                  f"{runs['ray'][-1].get('report_gpu_utilization') or float('nan'):.0f}%); "
                   f"{section['cost_per_million_images']:.2f} USD per million images at "
                   f"{args.price_per_hour} USD per GPU-hour (steady rate)")
         stages = (runs["ray"][-1].get("stages") or {}) if runs.get("ray") else {}

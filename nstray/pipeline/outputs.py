@@ -78,7 +78,8 @@ def manifest_schema():
         ("height", pa.int64()),
         ("styles", pa.string()),  # JSON {category: style name}
         ("models", pa.string()),  # JSON [{name, uri, sha256}]
-        ("worker", pa.string()),  # JSON {node, actor, pid, device, cuda_visible_devices, restarted} (stages.worker_info)
+        # JSON {node, actor, pid, device, cuda_visible_devices, restarted} (stages.worker_info), + gpu_util on GPUs
+        ("worker", pa.string()),
         ("mask_source", pa.string()),  # where the image's masks came from: coco, segmenter, grabcut, box, coco+grabcut ...
         ("predicted", pa.string()),  # JSON list of the masks the job made (PartLabels.predicted), for annotations.json
         ("seed", pa.int64()),

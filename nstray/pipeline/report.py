@@ -43,10 +43,12 @@ class RunStats:
     busy_n: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     errors_by_stage: Counter = field(default_factory=Counter)
     errors_by_reason: Counter = field(default_factory=Counter)
-    workers: Counter = field(default_factory=Counter)  # worker JSON → outputs it made
+    workers: Counter = field(default_factory=Counter)  # worker JSON without gpu_util → outputs it made
+    gpu_util: dict[str, float] = field(default_factory=dict)  # same key → the latest gpu_util it reported
     first_at: float | None = None  # monotonic time the first rows arrived
     last_at: float | None = None
     _prepared: set = field(default_factory=set)  # image ids whose prepare time is counted (variants share it)
+    _worker_keys: dict[str, tuple[str, float | None]] = field(default_factory=dict)  # raw worker JSON → parsed
     unit: tuple[str, ...] = ("image_id",)  # the columns naming what one prepare serves (a video chunk: more)
 
     def add(self, rows: Iterable[dict]) -> None:
@@ -65,10 +67,31 @@ class RunStats:
                 self._busy("prepare", r.get("prepare_s"))
             self._busy("stylize", r.get("stylize_s"))
             self._busy("write", r.get("write_s"))
-            self.workers[str(r.get("worker") or "{}")] += 1
+            key, util = self._worker_key(str(r.get("worker") or "{}"))
+            self.workers[key] += 1
+            if util is not None:
+                self.gpu_util[key] = util
             if self.first_at is None:
                 self.first_at = now
             self.last_at = now
+
+    def _worker_key(self, raw: str) -> tuple[str, float | None]:
+        """An actor's identity (its worker JSON without the changing ``gpu_util``) and that figure; parsed
+        once per distinct string (an actor's rows share it batch by batch)."""
+        if raw not in self._worker_keys:
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                info = None
+            if isinstance(info, dict) and "gpu_util" in info:
+                util = info.pop("gpu_util")
+                self._worker_keys[raw] = (json.dumps(info, sort_keys=True), float(util) if util is not None else None)
+            else:
+                self._worker_keys[raw] = (raw, None)
+            if len(self._worker_keys) > 100_000:  # a bound for very long jobs; re-parsing is only slower
+                self._worker_keys.clear()
+                return self._worker_key(raw)
+        return self._worker_keys[raw]
 
     def _busy(self, stage: str, seconds: Any) -> None:
         if seconds is not None and seconds > 0:
@@ -93,7 +116,10 @@ class RunStats:
                 info = json.loads(w)
             except ValueError:
                 info = {}
-            out.append(dict(info, outputs=n))
+            entry = dict(info, outputs=n)
+            if w in self.gpu_util:
+                entry["gpu_utilization"] = self.gpu_util[w]
+            out.append(entry)
         return out
 
     def report(self, *, run_id: str, output: str, pipeline_seconds: float, seconds: float, skipped: int,
@@ -107,6 +133,7 @@ class RunStats:
         reasons = self.errors_by_reason + coco
         workers = self.worker_list()
         restarted_workers = sum(1 for w in workers if w.get("restarted"))
+        utils = [w["gpu_utilization"] for w in workers if "gpu_utilization" in w]
         return {
             "run_id": run_id,
             "output": output,
@@ -123,7 +150,9 @@ class RunStats:
                        "distinct_reasons": len(reasons)},
             "actors": {"placement": placement, "restarts": max(actor_restarts or 0, restarted_workers),
                        "restarts_seen_by_ray": actor_restarts, "workers": workers,
-                       "devices": dict(Counter(str(w.get("device", "?")) for w in workers))},
+                       "devices": dict(Counter(str(w.get("device", "?")) for w in workers)),
+                       # nvidia-smi's utilization.gpu of each GPU actor's GPU, averaged over the actor's life
+                       "gpu_utilization_mean": round(sum(utils) / len(utils), 1) if utils else None},
             "ray_data_stats": ray_stats,
         }
 
@@ -168,6 +197,10 @@ def stage_lines(report: dict) -> list[str]:
     devices = ", ".join(f"{n} on {d}" for d, n in sorted(a["devices"].items()))
     if a["workers"]:
         lines.append(f"actors: {len(a['workers'])} made outputs ({devices}); restarts: {a['restarts']}")
+    utils = [w["gpu_utilization"] for w in a["workers"] if "gpu_utilization" in w]
+    if utils:
+        lines.append(f"GPU utilisation (nvidia-smi, while the actors ran): {a['gpu_utilization_mean']:.0f}% mean over "
+                     f"{len(utils)} GPU actor(s), {min(utils):.0f}–{max(utils):.0f}%")
     reasons = report["errors"]["by_reason"]
     if reasons:
         lines.append("failures by reason: " + "; ".join(f"{n}× {r}" for r, n in list(reasons.items())[:5]))

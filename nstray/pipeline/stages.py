@@ -39,6 +39,7 @@ __all__ = [
     "encode_write_batch",
     "model_ids",
     "worker_info",
+    "WorkerTag",
     "Stylizer",
 ]
 
@@ -569,6 +570,29 @@ def worker_info(device: str) -> dict:
     return info
 
 
+class WorkerTag:
+    """The ``worker`` JSON an actor stamps on its output rows: :func:`worker_info`, and on a GPU whose
+    utilisation ``nvidia-smi`` can read, ``gpu_util``: its mean utilisation (%) since the actor started
+    (sampled in the background, see :mod:`nstray.pipeline.gpu_usage`); ``job_report.json`` keeps each
+    actor's latest figure."""
+
+    def __init__(self, device: str) -> None:
+        self.info = worker_info(device)
+        self._static = json.dumps(self.info, sort_keys=True)
+        self.usage = None
+        if device == "cuda":
+            import torch
+
+            from nstray.pipeline.gpu_usage import GpuUtilization, visible_gpu
+
+            usage = GpuUtilization(visible_gpu(torch.cuda.current_device()))
+            self.usage = usage if usage.start() else None
+
+    def json(self) -> str:
+        util = self.usage.mean() if self.usage is not None else None
+        return self._static if util is None else json.dumps({**self.info, "gpu_util": util}, sort_keys=True)
+
+
 class Stylizer:
     """Ray Data actor: loads the plan's networks once, then styles batches (optionally all stages fused).
 
@@ -605,7 +629,7 @@ class Stylizer:
                 order=opts.overlaps if isinstance(opts.overlaps, str) else list(opts.overlaps))
             models.append(dict(opts.segment_id))
         self.models = json.dumps(models, sort_keys=True)
-        self.worker = json.dumps(worker_info(self.device), sort_keys=True)
+        self.worker = WorkerTag(self.device)
         self.opts = opts
         self.fused = fused
 
@@ -614,7 +638,7 @@ class Stylizer:
             batch = prepare_batch(batch, self.opts)
         if self.segmenter is not None:
             batch = segment_rows(self.segmenter, batch, self.opts, self.device)
-        out = stylize_rows(self.stylizer, batch, self.opts, self.models, self.worker)
+        out = stylize_rows(self.stylizer, batch, self.opts, self.models, self.worker.json())
         if self.fused:
             out = encode_write_batch(out, self.opts)
         return out

@@ -248,7 +248,7 @@ class VideoChunkStylizer:
         import torch
 
         from nstray.assets import load_plan_assets
-        from nstray.pipeline.stages import worker_info
+        from nstray.pipeline.stages import WorkerTag
         from nstray.plan import load_plan
         from nstray.stylize.parts import PartStylizer
 
@@ -265,7 +265,7 @@ class VideoChunkStylizer:
             self.annotations = load_video_annotations(annotations)
         self.output, self.video, self.seed, self.fingerprint = output, video, seed, fingerprint
         self.max_pixels = max_pixels
-        self.worker = json.dumps(worker_info(self.device), sort_keys=True)
+        self.worker = WorkerTag(self.device)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -291,7 +291,7 @@ class VideoChunkStylizer:
         row = {"kind": "chunk", "video_id": r["video_id"], "variant": int(r["variant"]), "chunk": int(r["chunk"]),
                "start": int(r["start"]), "end": int(r["end"]), "frames": 0, "source_file": r["source_file"],
                "output_key": r["output_key"], "width": None, "height": None, "fps": r["fps"], "audio": None,
-               "styles": None, "worker": self.worker, "seed": self.seed, "fingerprint": self.fingerprint,
+               "styles": None, "worker": self.worker.json(), "seed": self.seed, "fingerprint": self.fingerprint,
                "status": "done", "stage": None, "error": None, "size": None, "sha256": None}
         v = self.video
         styles: dict[str, str] = {}
