@@ -66,3 +66,17 @@ def test_folder_reads_as_one_parquet_dataset(tmp_path):
     assert len(ds.files) == 3 and ds.count_rows() == 9
     rows = ds.to_table().to_pylist()
     assert sorted((ImageRecord.from_row(r) for r in rows), key=lambda r: r.image_id) == records
+
+
+def test_job_index_groups_images_by_size(tmp_path):
+    """The dataset job's index lists images by size, so Ray Data's blocks (the stylizer's batches) hold one size."""
+    from nstray.pipeline.job import ensure_index
+
+    sizes = [(48, 64), (32, 32), (48, 64), (0, 0), (32, 32), (64, 48), (48, 64), (32, 32), (0, 0)]
+    records = [ImageRecord(500 - i, f"{i}.png", w, h, [], f"{tmp_path}/{i}.png") for i, (w, h) in enumerate(sizes)]
+    shards = ensure_index(str(tmp_path / "out"), records, rows_per_shard=3)
+    got = read_index(shards[0].rsplit("/", 1)[0])  # every shard of the index, in shard order
+    assert sorted(got, key=lambda r: r.image_id) == sorted(records, key=lambda r: r.image_id)  # nothing lost
+    order = [(r.height, r.width) for r in got]
+    assert order == sorted(order)  # one run per size: unknown sizes (0) first, then by height, width
+    assert [r.image_id for r in got[:2]] == [492, 497]  # same size: id order

@@ -81,9 +81,14 @@ def ensure_index(output: str, records: Sequence[Any], rows_per_shard: int) -> li
     The folder name is a digest of the records, so a rerun over the same dataset writes nothing; a
     ``_SUCCESS.json`` (written last) lists the shards, so a half-written index is never used. Indexes
     of other datasets (stale) are removed once the new one is complete.
+
+    Rows are ordered by image size (height, width, then id), so the blocks Ray Data cuts from the
+    index, and so the stylizer's batches, hold images of one size: one forward pass per batch instead
+    of one per size in it (what fills a GPU). Records of unknown size (0, an unlabeled folder) keep id order.
     """
     from nstray.data.shards import write_index
 
+    records = sorted(records, key=lambda r: (r.height, r.width, r.image_id))
     rows = [r.to_row() for r in records]
     key = outputs.digest({"rows": rows, "rows_per_shard": rows_per_shard})[:20]
     root = storage.join(output, INDEX_DIR)
