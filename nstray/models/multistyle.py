@@ -505,7 +505,7 @@ class MultiStyleNet(nn.Module):
         b, _, h, w = x.shape
         sw = style_weights.to(device=x.device)
         if active is not None:
-            active = torch.as_tensor(active, dtype=torch.long, device=x.device).flatten()
+            active = torch.as_tensor(active, dtype=torch.long).flatten()  # checked where it is: host, no sync
             k = active.numel()
             if sw.dim() != 4 or sw.shape[:2] != (b, k) or sw.shape[-2:] != (h, w):
                 raise ValueError(f"with active (K={k} styles), style_weights must be [B={b}, K={k}, {h}, {w}], "
@@ -513,7 +513,7 @@ class MultiStyleNet(nn.Module):
             if k == 0 or int(active.min()) < 0 or int(active.max()) >= self.num_styles or active.unique().numel() != k:
                 raise ValueError(f"active must hold distinct style indices in 0..{self.num_styles - 1}, "
                                  f"got {active.tolist()}")
-            wk = sw.to(x.dtype)
+            active, wk = active.to(x.device), sw.to(x.dtype)
         else:
             if sw.dim() == 1:
                 sw = sw.expand(b, -1)
@@ -543,6 +543,7 @@ class MultiStyleNet(nn.Module):
         maps of those styles only, every other style's weight being zero. The same result as the
         ``[B, S, H, W]`` form, without building and scanning S planes (a per-part caller knows which
         styles it uses); a channels-last ``[B, K, H, W]`` view of a ``[B, H, W, K]`` tensor is read as is.
+        Give ``active`` on the host (a list or CPU tensor): it is checked there, with no device sync.
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x must be [B, 3, H, W], got {list(x.shape)}")

@@ -525,7 +525,7 @@ class PartStylizer:
             fill = torch.where(has & (dist > self.edge_band_px), nrows, fill)
         batch = torch.arange(b, device=self.device)[:, None, None]
         # [B, H, W, K] gathered, handed over as a [B, K, H, W] view: the network's norms read it pixel-major
-        return full[batch, fill].permute(0, 3, 1, 2), torch.from_numpy(active).to(self.device)
+        return full[batch, fill].permute(0, 3, 1, 2), torch.from_numpy(active)  # indices stay on the host
 
     def _crop_passes(self, groups: list[_Group], works: list[_Work]) -> None:
         """Style every scaled region's crop, one batch per (network, working size), pasted into a ``crops`` layer.
