@@ -102,8 +102,12 @@ def restore(loop_config: Mapping[str, Any], state_file: str, fmt: str) -> dict[s
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         print(f"resuming from Ray Train's latest checkpoint {ckpt.path}", flush=True)
-        with ckpt.as_directory() as d:
-            return load_state(Path(d) / state_file, f"{ckpt.path}/{state_file}", fmt)
+        # read straight from the checkpoint's storage: ``as_directory()`` shares one local download among the
+        # node's workers, and a worker that arrives after the first download ends downloads again over the
+        # file another worker is reading (a truncated state.pt now and then)
+        path = f"{ckpt.path.rstrip('/')}/{state_file}"
+        with ckpt.filesystem.open_input_stream(path) as f:
+            return load_state(f.read(), path, fmt)
     uri = loop_config.get("resume_uri")
     if uri:
         print(f"resuming from {uri} (no checkpoint in Ray Train's run snapshot)", flush=True)
