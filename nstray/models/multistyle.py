@@ -390,7 +390,7 @@ def _conv_reflect_phases(x: Tensor, weight: Tensor) -> Tensor:
 
     A conv with few channels (the decoder's 9×9 conv 4→3) runs far below the CPU's GEMM speed;
     the same conv on the pixel-unshuffled map has 4× the channels on each side and a ~k/2 kernel
-    (2.6× faster at 512² on 2 cores). Exact up to float rounding.
+    (7.5 → 4.0 ms at 512² on 2 cores, the (un)shuffles included). Exact up to float rounding.
     """
     k = weight.shape[-1]
     p = k // 2
