@@ -83,7 +83,8 @@ def test_report_keeps_each_gpu_actors_latest_utilisation():
     a = {"actor": "a", "pid": 1, "device": "cuda"}
     b = {"actor": "b", "pid": 2, "device": "cuda"}
     c = {"actor": "c", "pid": 3, "device": "cpu"}
-    stats.add(_rows({**a, "gpu_util": 20.0}, 4))
+    stats.add(_rows(a, 1))  # before the sampler's first mean: the plain worker JSON, the same actor
+    stats.add(_rows({**a, "gpu_util": 20.0}, 3))
     stats.add(_rows({**b, "gpu_util": 50.0}, 2))
     stats.add(_rows(c, 3))
     stats.add(_rows({**a, "gpu_util": 35.5}, 4))  # a's mean over a longer time: the figure to keep

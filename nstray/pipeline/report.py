@@ -79,6 +79,8 @@ class RunStats:
         """An actor's identity (its worker JSON without the changing ``gpu_util``) and that figure; parsed
         once per distinct string (an actor's rows share it batch by batch)."""
         if raw not in self._worker_keys:
+            if len(self._worker_keys) >= 100_000:  # a bound for very long jobs; re-parsing is only slower
+                self._worker_keys.clear()
             try:
                 info = json.loads(raw)
             except ValueError:
@@ -88,9 +90,6 @@ class RunStats:
                 self._worker_keys[raw] = (json.dumps(info, sort_keys=True), float(util) if util is not None else None)
             else:
                 self._worker_keys[raw] = (raw, None)
-            if len(self._worker_keys) > 100_000:  # a bound for very long jobs; re-parsing is only slower
-                self._worker_keys.clear()
-                return self._worker_key(raw)
         return self._worker_keys[raw]
 
     def _busy(self, stage: str, seconds: Any) -> None:
