@@ -92,6 +92,7 @@ class _Work:
     group: int  # index of its same-size group
     slot: int  # its position in that group's tensors
     crops: dict[int, _Crop] = field(default_factory=dict)  # region label -> crop request (scaled regions)
+    whole: bool = False  # one styled region covers every pixel (e.g. a whole frame in one style)
 
     def unscaled(self, kind: str) -> list[_Region]:
         """Regions of ``kind`` styled in the full-frame pass (not through a crop)."""
@@ -410,7 +411,7 @@ class PartStylizer:
                 remap[j, old + 1] = len(regs)
                 kind = self._network_of.get(style, self.plan.styles[style].kind)
                 regs.append(_Region(len(regs), category, style, spec, kind))
-            work = _Work(regs, styles, gi, j)
+            work = _Work(regs, styles, gi, j, whole=len(regs) == 1 and int(present_j.sum()) == 1)
             if scaled:
                 boxes = host[j, 2 + kmax + 1 :].reshape(kmax + 1, 4)
                 old_of = {int(r): o for o, r in enumerate(remap[j]) if r >= 0}
@@ -468,12 +469,22 @@ class PartStylizer:
         h, wd = group.x.shape[-2:]
         per = max(1, self.max_batch_pixels // (h * wd))
         layer = self._layer(group, kind)
-        for start in range(0, len(todo), per):
-            chunk = todo[start : start + per]
-            slots = torch.tensor([w.slot for w in chunk], device=self.device)
-            x = group.x.index_select(0, slots)
-            style = None if kind in self.feedforward else self._style_maps(group, chunk, slots, kind)
-            layer.index_copy_(0, slots, self._run(kind, x, style).to(layer.dtype))
+        # an image that is one region all over takes the network's one-vector-per-image form: the same
+        # result as uniform per-pixel maps (a norm over all pixels, one blend), without the per-pixel work
+        whole = [w for w in todo if w.whole]
+        parts = [w for w in todo if not w.whole]
+        for works_, uniform in ((whole, True), (parts, False)):
+            for start in range(0, len(works_), per):
+                chunk = works_[start : start + per]
+                slots = torch.tensor([w.slot for w in chunk], device=self.device)
+                x = group.x.index_select(0, slots)
+                if kind in self.feedforward:
+                    style = None
+                elif uniform:
+                    style = torch.stack([self._vectors[w.regions[0].style] for w in chunk])
+                else:
+                    style = self._style_maps(group, chunk, slots, kind)
+                layer.index_copy_(0, slots, self._run(kind, x, style).to(layer.dtype))
 
     def _style_maps(self, group: _Group, works: list[_Work], slots: Tensor, kind: str) -> tuple[Tensor, Tensor]:
         """Per-pixel style conditions of a chunk: ([B,K,H,W] weights of the K styles used, their indices) for
