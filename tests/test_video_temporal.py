@@ -104,6 +104,34 @@ def test_stabilizer_state_stays_float32_and_fast_reductions_equal_numpys():
     assert np.array_equal(flow_mod._sq_norm(v), (v ** 2).sum(-1))
 
 
+def test_without_denoising_the_network_sees_the_frame_itself_and_runs_once_per_frame():
+    """Denoising off (the default): begin() hands back the caller's frame, so a side-by-side or metrics run
+    (keep_naive) styles each frame once, not twice; with denoising on, the input is the temporal average."""
+    from nstray.video.style import style_frames
+
+    frames = moving_frames(5, w=64, h=48)
+    stab = Stabilizer(0.8)
+    assert all(stab.begin(f) is f and stab.finish(n) is not None for f, n in zip(frames, _flicker(frames)))
+    calls = []
+
+    def network(x, labels):
+        calls.append(x)
+        return 255 - x
+
+    class Frame:
+        def __init__(self, i, rgb):
+            self.index, self.pts, self.rgb = i, i, rgb
+
+    done = list(style_frames([Frame(i, f) for i, f in enumerate(frames)], network, Stabilizer(0.8), keep_naive=True))
+    assert len(calls) == len(frames) and all(np.array_equal(d.naive, 255 - d.original) for d in done)
+    den = Stabilizer(0.8, denoise=0.8)
+    xs = []
+    for f in frames:
+        xs.append(den.begin(f))
+        den.finish(255 - f)
+    assert xs[0] is frames[0] and any(not np.array_equal(x, f) for x, f in zip(xs[1:], frames[1:]))
+
+
 def test_unstyled_pixels_keep_the_source_bytes():
     frames = moving_frames(5)
     stab = Stabilizer(0.9)

@@ -198,19 +198,20 @@ class Stabilizer:
         if labels is not None and self._labels is not None:
             ok = ok & (warp(self._labels.astype(np.float32), fwd, interpolation=cv2.INTER_NEAREST)
                        == labels.astype(np.float32))
-        # input: temporal average where the flow is reliable and the source agrees within the noise
-        wd = warp(self._den, fwd)
-        agree = np.exp(-(_channel_max(np.abs(s - wd)) / self.noise) ** 2)
         okf = ok.astype(np.float32)  # a bool array times a Python float would be float64 (and so all that follows)
-        a = (self.denoise * okf * agree)[..., None]
-        den = s + a * (wd - s)
-        self._den = den
+        x = src  # without denoising the network sees the frame itself (so a caller's naive pass is the same one)
+        if self.denoise > 0:  # input: temporal average where the flow is reliable and the source agrees within the noise
+            wd = warp(self._den, fwd)
+            agree = np.exp(-(_channel_max(np.abs(s - wd)) / self.noise) ** 2)
+            a = (self.denoise * okf * agree)[..., None]
+            self._den = s + a * (wd - s)
+            x = _u8(self._den)
         if self.gate_blur > 0:  # resampling error is fine-grained, real change is not: judge stillness smoothed
             still = cv2.GaussianBlur(still, (0, 0), self.gate_blur)
         weight = self.strength * okf * np.exp(-(still / self.noise) ** 2)
         self._cur = (src, fwd, ok, weight)
         self._pending_labels = labels
-        return _u8(den)
+        return x
 
     def _warp_out(self, image: np.ndarray, flow: np.ndarray) -> np.ndarray:
         out = warp(image, flow, interpolation=self.interpolation)
