@@ -34,9 +34,8 @@ from nstray.data.masksource import CocoParts  # noqa: E402
 from nstray.data.images import decode_image  # noqa: E402
 from nstray.data.synth import generate  # noqa: E402
 from nstray.plan import load_plan  # noqa: E402
-from nstray.stylize.parts import PartStylizer  # noqa: E402
+from nstray.stylize.parts import PRECISION_GATE_PSNR_DB as GATE_PSNR_DB, PartStylizer  # noqa: E402
 
-GATE_PSNR_DB = 40.0
 
 
 def _sync(device: str) -> None:

@@ -122,9 +122,10 @@ class ResourcesConfig(_Model):
     stages (PIL, in parallel tasks); ``auto``: ``device`` on GPU actors when the cluster has fewer than
     4 CPUs per GPU (then CPU decoding would starve the GPUs), else ``cpu`` (measured on an H200 with 16
     CPUs: nvjpeg inside the actor gains nothing there, the CPU tasks decode in parallel for free).
-    ``precision``: the multi-style network's arithmetic on GPU actors (channels-last ``fp16``/``bf16``
-    where the quality gate holds: PSNR >= 40 dB against fp32 on real-looking images, see
-    benchmarks/feedforward.py section d); CPU actors always run fp32.
+    ``precision``: the multi-style network's arithmetic (channels-last ``fp16``/``bf16`` where the quality
+    gate holds: PSNR >= 40 dB against fp32 over the styled pixels, see benchmarks/stylize_path.py): GPU
+    actors run either; CPU actors run ``bf16`` where the CPU has native bf16 arithmetic (AVX512-BF16,
+    AMX), else fp32 (with a warning).
     """
 
     actors: int | Literal["auto"] = 1

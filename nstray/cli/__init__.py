@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from nstray import __version__
-from nstray.cli.common import USER_ERRORS, is_user_error
+from nstray.cli.common import USER_ERRORS, is_user_error, short_warnings
 from nstray.cli.datasets import datasets
 from nstray.cli.jobs import demo, run, submit
 from nstray.cli.optimize import optimize
@@ -48,6 +48,8 @@ def main(verbose: bool) -> None:
         import os
 
         os.environ["NSTRAY_VERBOSE"] = "1"
+    else:
+        short_warnings()
 
 
 main.add_command(datasets)

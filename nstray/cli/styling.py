@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import click
 
-from nstray.cli.common import DEVICE_HELP, check_device, image_output, read_image, refuse_overwrite
+from nstray.cli.common import DEVICE_HELP, PRECISION_HELP, check_device, image_output, read_image, refuse_overwrite
 
 MIN_SIDE = 8
 """The smallest image side the style networks are run on (their strided layers need at least 5 px)."""
@@ -139,9 +139,11 @@ def _preview(original, labels, categories, styles, result, plan):
 @click.option("--max-side", type=click.IntRange(min=MIN_SIDE), default=None,
               help=f"Shrink the image so its longer side is at most this (faster; at least {MIN_SIDE}) [default: full size].")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None, help=_MAX_PIXELS_HELP + "  [default: 50,000,000]")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help=PRECISION_HELP)
 def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id: int | None, masks_uri: str | None,
             categories: str | None, preview_uri: str | None, variant: int, seed: int, device: str,
-            max_side: int | None, max_pixels: int | None) -> None:
+            max_side: int | None, max_pixels: int | None, precision: str) -> None:
     """Style one IMAGE, each annotated part with its own style (see the style plan).
 
     Parts come from --coco with --image-id, or from a --masks label PNG; with neither, the whole
@@ -203,7 +205,7 @@ def stylize(image: str, out: str, plan_path: str, coco_uri: str | None, image_id
 
     check_plan_assets(plan, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, limit_hint="--max-pixels")
     try:
-        stylizer = PartStylizer(plan, device=device,
+        stylizer = PartStylizer(plan, device=device, precision=precision,
                                 assets=load_plan_assets(plan, max_pixels=max_pixels or DEFAULT_MAX_PIXELS))
         result = stylizer(original, labels, part_categories, variant=variant, seed=seed,
                           key=image_id if image_id is not None else "")

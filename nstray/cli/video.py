@@ -12,7 +12,7 @@ import time
 
 import click
 
-from nstray.cli.common import DEVICE_HELP, check_device
+from nstray.cli.common import DEVICE_HELP, PRECISION_HELP, check_device
 
 _STABILIZE = click.Choice(["flow", "none"])
 
@@ -91,10 +91,12 @@ def _video_masks(annotations: str | None, video_id: int | None, keyframes_every:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the style choices.")
 @click.option("--device", default="cpu", show_default=True, callback=check_device,
               help=f"{DEVICE_HELP} (falls back to cpu with a warning).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help=PRECISION_HELP)
 def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str | None, video_id: int | None,
               keyframes_every: int | None, stabilize: str, strength: float, side_by_side: bool,
               max_frames: int | None, gif_path: str | None, size: int | None, crf: int, fps: float, with_metrics: bool,
-              no_reconcile: bool, variant: int, seed: int, device: str) -> None:
+              no_reconcile: bool, variant: int, seed: int, device: str, precision: str) -> None:
     """Style the video IN (a video file, or a folder of frames played at --fps) by parts (plan) into --out,
     stabilized along optical flow; audio kept."""
     import numpy as np
@@ -130,7 +132,8 @@ def style_cmd(input_path: str, out_path: str, plan_path: str, annotations: str |
 
     check_plan_assets(plan, max_pixels=IMAGE_MAX_PIXELS, limit_hint="the image pixel limit")
     try:  # style images and checkpoints are read here, at the edge; the stylizer takes arrays
-        stylizer = PartStylizer(plan, device, assets=load_plan_assets(plan, max_pixels=IMAGE_MAX_PIXELS))
+        stylizer = PartStylizer(plan, device, precision=precision,
+                                assets=load_plan_assets(plan, max_pixels=IMAGE_MAX_PIXELS))
     except (StylizeError, AssetError) as exc:
         _fail(str(exc))
     key = f"video:{info.path.rsplit('/', 1)[-1]}" if masks is None else f"video:{masks.video.video_id}"

@@ -615,7 +615,7 @@ class Stylizer:
         parsed = load_plan(plan)
         self.stylizer = PartStylizer(parsed, device=self.device,
                                      assets=load_plan_assets(parsed, max_pixels=opts.max_pixels),
-                                     precision=precision if self.device == "cuda" else "fp32")
+                                     precision=precision)
         models = model_ids(parsed)
         self.segmenter = None
         if opts.segment_model:  # one more mask source, loaded once like the style networks

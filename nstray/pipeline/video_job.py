@@ -257,7 +257,7 @@ class VideoChunkStylizer:
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
         parsed = load_plan(plan)
         self.stylizer = PartStylizer(parsed, device=self.device, assets=load_plan_assets(parsed, max_pixels=max_pixels),
-                                     precision=precision if self.device == "cuda" else "fp32")
+                                     precision=precision)
         self.annotations = None
         if annotations:
             from nstray.data.video_annotations import load_video_annotations

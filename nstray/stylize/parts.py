@@ -40,11 +40,23 @@ from nstray import compose, regions
 from nstray.assets import PlanAssets
 from nstray.plan import NONE, ArbitrarySpec, FeedforwardSpec, MultiStyleSpec, Plan, PartSpec
 
-__all__ = ["PRECISIONS", "StylizeError", "StylizeResult", "PartStylizer", "resolve_device"]
+__all__ = ["PRECISIONS", "PRECISION_GATE_PSNR_DB", "cpu_has_bf16", "StylizeError", "StylizeResult", "PartStylizer", "resolve_device"]
 
 # the multi-style network's arithmetic on a GPU; the quality gate for fp16/bf16 (PSNR >= 40 dB against fp32
 # on real-looking images) is measured by benchmarks/feedforward.py (d) and benchmarks/stylize_path.py
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# fp16/bf16 are offered where their output is within this of fp32's (PSNR over the styled pixels, values in
+# [0, 1]): the error of an augmentation set's pixels, below what the eye sees on a styled texture
+PRECISION_GATE_PSNR_DB = 40.0
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 convolutions natively (AVX512-BF16 or AMX, through oneDNN); elsewhere
+    bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class StylizeError(ValueError):
@@ -171,8 +183,10 @@ class PartStylizer:
     32 M on a GPU, i.e. 122 images of 512² in one pass).
     ``edge_band_px``: how far a part's style extends past its edge in the multi-style pass (None:
     everywhere); see :meth:`_style_maps`.
-    ``precision``: the multi-style network's dtype on a GPU (``fp32``, ``fp16``, ``bf16``; channels-last
-    either way; its norm statistics stay float32); other networks and the CPU run fp32.
+    ``precision``: the multi-style network's dtype (``fp32``, ``fp16``, ``bf16``; channels-last either way;
+    its norm statistics stay float32): fp16/bf16 on a GPU, bf16 on a CPU with native bf16 arithmetic
+    (:func:`cpu_has_bf16`; 1.3x on the six-part path at 512², benchmarks/stylize_path.py), else fp32
+    with a warning. Other networks run fp32.
     ``nearest_fill``: how pixels outside a network's parts find the nearest part: ``opencv`` (the
     distance transform, on the host), ``jump-flooding`` (:func:`nstray.regions.nearest_fill`, on the
     device), ``auto`` = OpenCV on the CPU, jump flooding on a GPU. They differ only on the boundaries
@@ -208,8 +222,10 @@ class PartStylizer:
         self.nearest_fill = nearest_fill
         if precision not in PRECISIONS:
             raise StylizeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision != "fp32" and self.device.type != "cuda":
-            warnings.warn(f"precision {precision} is for GPUs; the CPU runs fp32", RuntimeWarning, stacklevel=2)
+        if precision != "fp32" and self.device.type == "cpu" and not (precision == "bf16" and cpu_has_bf16()):
+            why = ("fp16 is for GPUs (on a CPU, bf16 where it has native bf16 arithmetic)" if precision == "fp16" else
+                   "bf16 needs a CPU with native bf16 arithmetic (AVX512-BF16 or AMX); this one has none")
+            warnings.warn(f"precision {precision}: {why}; running fp32", RuntimeWarning, stacklevel=2)
             precision = "fp32"
         self.precision = precision
         self._dtype = PRECISIONS[precision]
