@@ -10,7 +10,10 @@ video when it is present, else noise), same thread count for both engines:
 (c) memory of one inference: each engine in a fresh subprocess, the resident high-water mark
     during one forward above the resident size before it; on CUDA ``torch.cuda.max_memory_allocated``;
 (d) with ``--device cuda`` (or ``--sweep``): images/s over sizes × batch sizes × dtypes
-    (fp32 / fp16 / bf16), with the low-precision output compared to fp32.
+    (fp32 / fp16 / bf16), with the low-precision output compared to fp32; ``--compile MODE ...`` adds each
+    shape under ``torch.compile`` (``reduce-overhead``: CUDA graphs), its compile seconds apart. On a 2-core
+    CPU, ``default`` gains nothing at 512² (batch 1: 25.7 / 26.9 img/s vs 23.8 / 27.3 eager; batch 4: 26.3 /
+    27.1 vs 26.7 / 27.4, two runs) for a 35 s first compile; the GPU figure is ``gpu_session.sh``'s step compile.
 
 nstray is measured as a user gets it: ``import nstray`` comes first, so its process settings
 (nstray/_runtime.py: retained malloc, OpenMP threads that spin briefly then sleep) apply; ``--tuning
@@ -339,9 +342,14 @@ def section_c(sizes: list[int], threads: int, video: Path, frame_index: int, mal
 
 
 def section_d(
-    model, frame, sizes: list[int], batches: list[int], dtypes: list[str], repeats: int, device: str
+    model, frame, sizes: list[int], batches: list[int], dtypes: list[str], repeats: int, device: str,
+    compile_modes: list[str] | None = None,
 ) -> list[dict]:
-    """Throughput over sizes × batch sizes × dtypes; low precision compared with fp32 on the same input."""
+    """Throughput over sizes × batch sizes × dtypes; low precision compared with fp32 on the same input.
+
+    ``compile_modes``: also each shape under ``torch.compile(mode=...)`` (``reduce-overhead`` = CUDA graphs),
+    after a warm-up call whose seconds (the compile) are reported apart.
+    """
     w0 = torch.eye(model.num_styles)[[7]]
     results, rows = [], []
     for size in sizes:
@@ -354,32 +362,45 @@ def section_d(
             for b in batches:
                 x = x1.expand(b, -1, -1, -1).to(device, dtype).contiguous(memory_format=torch.channels_last)
                 w = w0.expand(b, -1).to(device, dtype)
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                try:
-                    with torch.inference_mode():
-                        t = interleaved({"run": lambda: net(x, w)}, repeats, device)["run"]
-                        out = net(x[:1], w[:1]).float().cpu()
-                except torch.OutOfMemoryError:
-                    rows.append([f"{size}²", b, dname, "OOM", "", "", "", "", ""])
-                    continue
-                mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-                d = (out - ref).abs()
-                mse = float((d**2).mean())
-                psnr = 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
-                quality = {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "psnr_db": psnr}
-                ok = dname == "fp32" or quality["psnr_db"] >= PRECISION_GATE_PSNR_DB
-                best = min(t)
-                results.append({"size": size, "batch": b, "dtype": dname, "images_per_s": b / best,
-                                "peak_mem_mib": mem, **quality, "quality_ok": ok})
-                rows.append([f"{size}²", b, dname, f"{b / best:.1f}", f"{mem:.0f}", f"{255 * quality['max_abs']:.1f}",
-                             f"{255 * quality['mean_abs']:.3f}", f"{quality['psnr_db']:.1f}", "yes" if ok else "NO"])
+                for mode in [None, *(compile_modes or [])]:
+                    label = dname if mode is None else f"{dname} compiled:{mode}"
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats()
+                    try:
+                        with torch.inference_mode():
+                            fn, compile_s = net, None
+                            if mode is not None:
+                                torch._dynamo.reset()
+                                fn = torch.compile(net, mode=mode, dynamic=False)
+                                t0 = time.perf_counter()
+                                fn(x, w)
+                                _sync(device)
+                                compile_s = time.perf_counter() - t0
+                            t = interleaved({"run": lambda: fn(x, w)}, repeats, device)["run"]
+                            # the first image of the timed batch (a new shape would recompile a compiled net)
+                            out = fn(x, w)[:1].float().cpu()
+                    except torch.OutOfMemoryError:
+                        rows.append([f"{size}²", b, label, "OOM", "", "", "", "", "", ""])
+                        continue
+                    mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+                    d = (out - ref).abs()
+                    mse = float((d**2).mean())
+                    psnr = 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
+                    quality = {"max_abs": float(d.max()), "mean_abs": float(d.mean()), "psnr_db": psnr}
+                    ok = dname == "fp32" or quality["psnr_db"] >= PRECISION_GATE_PSNR_DB
+                    best = min(t)
+                    results.append({"size": size, "batch": b, "dtype": dname, "compile": mode, "compile_s": compile_s,
+                                    "images_per_s": b / best, "peak_mem_mib": mem, **quality, "quality_ok": ok})
+                    rows.append([f"{size}²", b, label, f"{b / best:.1f}", f"{mem:.0f}",
+                                 f"{255 * quality['max_abs']:.1f}", f"{255 * quality['mean_abs']:.3f}",
+                                 f"{quality['psnr_db']:.1f}", "yes" if ok else "NO",
+                                 "" if compile_s is None else f"{compile_s:.0f}"])
         model.to(device=device, dtype=torch.float32)
     table(
         f"(d) throughput on {device} (best of {repeats}); quality = output vs fp32 on the same image, |Δ| in uint8 "
         f"levels; it holds at PSNR >= {PRECISION_GATE_PSNR_DB:.0f} dB",
-        ["size", "batch", "dtype", "img/s", "peak MiB", "max|Δ|", "mean|Δ|", "PSNR dB", "quality holds"],
+        ["size", "batch", "dtype", "img/s", "peak MiB", "max|Δ|", "mean|Δ|", "PSNR dB", "quality holds", "compile s"],
         rows,
     )
     return results
@@ -400,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp32", "fp16", "bf16"],
                     help="dtypes for (d)")
     ap.add_argument("--sweep", action="store_true", help="run (d) on CPU as well")
+    ap.add_argument("--compile", nargs="+", default=[], metavar="MODE",
+                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="(d) also under torch.compile with these modes (reduce-overhead: CUDA graphs)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"])
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     ap.add_argument("--frame", type=int, default=20)
@@ -458,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n(c) on CUDA: see the peak MiB column of (d) (torch.cuda.max_memory_allocated)")
     if "d" not in args.skip and (args.device == "cuda" or args.sweep):
         dtypes = args.dtypes if args.device == "cuda" else [d for d in args.dtypes if d != "fp16"]
-        results["d"] = section_d(model, frame, sizes, args.batches, dtypes, args.repeats, args.device)
+        results["d"] = section_d(model, frame, sizes, args.batches, dtypes, args.repeats, args.device,
+                                  args.compile)
     print(f"\nload average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))

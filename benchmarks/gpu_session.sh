@@ -17,6 +17,8 @@
 #             run A at PRECISION (fp16) -> $OUT/pipe_a.json, run B at fp32 -> $OUT/pipe_b.json
 #   augment   online style augmentation (nstray.augment.PartStyle) per image at SIZE², random and plan mode,
 #             vs a plain copy                                                                -> $OUT/augment.json
+#   compile   on request: the network at SIZE², fp16 batch 32, eager vs torch.compile default and
+#             reduce-overhead (CUDA graphs): images/s and compile seconds                   -> $OUT/compile.json
 #   nvjpeg profile optimize   the older checks, on request
 # Everything the steps print goes to $OUT/steps.log; stdout gets the key lines.
 #
@@ -99,6 +101,13 @@ if want pipeline; then
   key "^gpu|^\[gpu|failed|Error|error"
   step pipe_b 120 60 $PY benchmarks/pipeline.py "${GPUARGS[@]}" --precision fp32 --json "$OUT/pipe_b.json"
   key "^gpu|^\[gpu|failed|Error|error"
+fi
+if want compile; then
+  # shellcheck disable=SC2086
+  step compile 240 120 $PY benchmarks/feedforward.py --device "$DEVICE" --sweep --sizes "$SIZE" --skip a b c --repeats 5 \
+    --batches ${COMPILE_BATCHES:-32} --dtypes ${COMPILE_DTYPES:-fp16} --compile default reduce-overhead \
+    --video /nonexistent --json "$OUT/compile.json"
+  key "^ *[0-9]+²|Error|error"
 fi
 want nvjpeg && step nvjpeg 120 60 $PY benchmarks/jpeg_codec.py --device cuda --images 64 --size 512
 want profile && step profile 120 60 $PY benchmarks/profile_stylize.py --device cuda --size 512 --batch 16

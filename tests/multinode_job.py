@@ -1,4 +1,5 @@
-"""Run the dataset job on a simulated multi-node Ray cluster whose worker nodes declare GPUs; print a JSON result.
+"""Run the dataset job on a simulated multi-node Ray cluster whose worker nodes declare GPUs; write a JSON result
+(OUT_DIR/result.json: not stdout, where a raylet's own warning can land after it).
 
     python tests/multinode_job.py OUT_DIR [GPU_NODES] [GPUS_PER_NODE]
 
@@ -43,8 +44,9 @@ def main(out_dir: str, gpu_nodes: int = 2, gpus_per_node: int = 2) -> int:
                "resources": {"actors": "auto", "gpus_per_actor": 1, "batch_size": 1}}
         summary = run_job(cfg)
         gpu_nodes_found = {n["NodeID"]: n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]}
-        print(json.dumps({"done": summary.done, "failed": summary.failed, "placement": summary.placement,
-                          "report": summary.report, "nodes": gpu_nodes_found}, default=str))
+        (out / "result.json").write_text(json.dumps({"done": summary.done, "failed": summary.failed,
+                                                     "placement": summary.placement, "report": summary.report,
+                                                     "nodes": gpu_nodes_found}, default=str))
     finally:
         ray.shutdown()
         cluster.shutdown()

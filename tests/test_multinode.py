@@ -23,7 +23,7 @@ def test_one_actor_per_declared_gpu_each_on_its_own_device(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "2", "2"], capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads((tmp_path / "result.json").read_text())
     assert (result["done"], result["failed"]) == (16, 0)
     assert sorted(result["nodes"].values()) == [0, 2, 2]
     placement = result["placement"]
