@@ -132,6 +132,25 @@ def test_without_denoising_the_network_sees_the_frame_itself_and_runs_once_per_f
     assert xs[0] is frames[0] and any(not np.array_equal(x, f) for x, f in zip(xs[1:], frames[1:]))
 
 
+def test_the_wide_texture_energy_blur_at_quarter_resolution_matches_the_full_blur():
+    """The σ = 24 px blur of the texture energy runs at 1/4 resolution: within 1% of OpenCV's full-resolution
+    blur on average and 6% at worst (relative to the field's scale) on a real texture energy map, sizes not
+    divisible by 4 included; small σ stay the plain blur."""
+    import cv2
+
+    from nstray.video import stabilize as stab_mod
+
+    for h, w in ((288, 512), (101, 143)):
+        z = cv2.GaussianBlur(np.random.default_rng(h).random((h, w)).astype(np.float32), (0, 0), 1.5)
+        energy = (z - cv2.GaussianBlur(z, (0, 0), 6)) ** 2
+        exact, fast = cv2.GaussianBlur(energy, (0, 0), 24), stab_mod._wide_blur(energy, 24)
+        assert fast.shape == exact.shape and fast.dtype == np.float32
+        err = np.abs(fast - exact)
+        assert err.mean() <= 0.01 * exact.mean() and err.max() <= 0.06 * exact.max()
+    small = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    assert np.array_equal(stab_mod._wide_blur(small, 3), cv2.GaussianBlur(small, (0, 0), 3))
+
+
 def test_unstyled_pixels_keep_the_source_bytes():
     frames = moving_frames(5)
     stab = Stabilizer(0.9)
