@@ -133,6 +133,7 @@ def test_job_report_says_where_time_went(first_run):
     assert {w["actor"] for w in actors["workers"]} == made
     assert sum(w["outputs"] for w in actors["workers"]) == 7 * VARIANTS
     assert all(w["node"] and w["actor"] and w["restarted"] is False for w in actors["workers"])
+    assert all(w["precision"] == "fp32" for w in actors["workers"])  # what the network ran, beside the device
     assert actors["gpu_utilization_mean"] is None and not any("gpu_utilization" in w for w in actors["workers"])
     assert report["ray_data_stats"]
 

@@ -79,3 +79,20 @@ def test_the_cli_takes_precision_and_shows_a_fallback_as_one_warning_line(tmp_pa
     assert "Warning: precision fp16: fp16 is for GPUs" in r.output
     assert "RuntimeWarning" not in r.output and "PartStylizer(" not in r.output
     assert (tmp_path / "o.png").is_file()
+
+
+def test_a_cpu_actor_runs_the_jobs_precision_and_records_what_it_ran(tmp_path):
+    """``resources.precision`` reaches CPU actors too (before, they always ran fp32), and each output row's
+    worker JSON says what the network really ran (after any fallback)."""
+    import json
+
+    from nstray.pipeline.stages import StageOptions, Stylizer
+
+    plan = {"styles": {"a": {"kind": "multistyle", "index": 3}}, "parts": {"background": {"style": "a"}}}
+    opts = StageOptions(output=str(tmp_path), ext="jpg", quality=90, variants=(0,))
+    want = "bf16" if cpu_has_bf16() else "fp32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback warning where bf16 is not native (tested above)
+        actor = Stylizer(plan, opts, threads=1, precision="bf16")
+    assert actor.stylizer.precision == want
+    assert json.loads(actor.worker.json())["precision"] == want

@@ -574,10 +574,13 @@ class WorkerTag:
     """The ``worker`` JSON an actor stamps on its output rows: :func:`worker_info`, and on a GPU whose
     utilisation ``nvidia-smi`` can read, ``gpu_util``: its mean utilisation (%) since the actor started
     (sampled in the background, see :mod:`nstray.pipeline.gpu_usage`); ``job_report.json`` keeps each
-    actor's latest figure."""
+    actor's latest figure. ``precision``: the arithmetic its multi-style network really runs (after any
+    fallback to fp32), recorded beside the device."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, precision: str | None = None) -> None:
         self.info = worker_info(device)
+        if precision is not None:
+            self.info["precision"] = precision
         self._static = json.dumps(self.info, sort_keys=True)
         self.usage = None
         if device == "cuda":
@@ -629,7 +632,7 @@ class Stylizer:
                 order=opts.overlaps if isinstance(opts.overlaps, str) else list(opts.overlaps))
             models.append(dict(opts.segment_id))
         self.models = json.dumps(models, sort_keys=True)
-        self.worker = WorkerTag(self.device)
+        self.worker = WorkerTag(self.device, self.stylizer.precision)
         self.opts = opts
         self.fused = fused
 

@@ -265,7 +265,7 @@ class VideoChunkStylizer:
             self.annotations = load_video_annotations(annotations)
         self.output, self.video, self.seed, self.fingerprint = output, video, seed, fingerprint
         self.max_pixels = max_pixels
-        self.worker = WorkerTag(self.device)
+        self.worker = WorkerTag(self.device, self.stylizer.precision)
 
     def __call__(self, batch):
         import pyarrow as pa
