@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-__all__ = ["USER_ERRORS", "is_user_error", "DEVICE_HELP", "PRECISION_HELP", "check_device", "short_warnings", "image_output", "png_output", "refuse_overwrite",
-           "read_image"]
+__all__ = ["USER_ERRORS", "is_user_error", "DEVICE_HELP", "PRECISION_HELP", "check_device", "short_warnings",
+           "image_output", "png_output", "refuse_overwrite", "read_image"]
 
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("nstray.config", "ConfigError"),

@@ -40,13 +40,14 @@ from nstray import compose, regions
 from nstray.assets import PlanAssets
 from nstray.plan import NONE, ArbitrarySpec, FeedforwardSpec, MultiStyleSpec, Plan, PartSpec
 
-__all__ = ["PRECISIONS", "PRECISION_GATE_PSNR_DB", "cpu_has_bf16", "StylizeError", "StylizeResult", "PartStylizer", "resolve_device"]
+__all__ = ["PRECISIONS", "PRECISION_GATE_PSNR_DB", "cpu_has_bf16", "StylizeError", "StylizeResult", "PartStylizer",
+           "resolve_device"]
 
-# the multi-style network's arithmetic on a GPU; the quality gate for fp16/bf16 (PSNR >= 40 dB against fp32
-# on real-looking images) is measured by benchmarks/feedforward.py (d) and benchmarks/stylize_path.py
+# the multi-style network's arithmetic: all three on a GPU; on a CPU fp32, or bf16 where it is native
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# fp16/bf16 are offered where their output is within this of fp32's (PSNR over the styled pixels, values in
-# [0, 1]): the error of an augmentation set's pixels, below what the eye sees on a styled texture
+# the quality gate of fp16/bf16: PSNR against fp32's output (over the styled pixels, values in [0, 1]), as
+# benchmarks/feedforward.py (d) and benchmarks/stylize_path.py measure it; an augmentation set needs no
+# bit-exactness, and 40 dB is below what the eye sees on a styled texture
 PRECISION_GATE_PSNR_DB = 40.0
 
 

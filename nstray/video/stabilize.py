@@ -99,9 +99,10 @@ def _u8(x: np.ndarray) -> np.ndarray:
 
 def _wide_blur(x: np.ndarray, sigma: float, factor: int = 4) -> np.ndarray:
     """A Gaussian blur of a smooth field with a wide ``sigma``, at 1/``factor`` resolution: area-downsample,
-    blur by the rest of ``sigma`` (less the box's own variance), upsample bilinearly. 40x cheaper than the
-    full-resolution 193-tap blur at σ = 24 px, within 0.3% of it on average (the local texture energy
-    it smooths has nothing at the frequencies the shortcut loses)."""
+    blur by the rest of ``sigma`` (less the box's own variance), upsample bilinearly. At σ = 24 px on a
+    512x288 frame: 0.1 ms instead of the full-resolution 193-tap blur's 4.1, within 1% of it on average
+    (tests/test_video_temporal.py; the texture energy it smooths has almost nothing at the frequencies
+    the shortcut loses)."""
     if sigma < 2 * factor:
         return cv2.GaussianBlur(x, (0, 0), sigma)
     h, w = x.shape[:2]
