@@ -162,7 +162,7 @@ class Stabilizer:
     def reset(self) -> None:
         """Forget the past (a shot cut, or a new video)."""
         self._src: np.ndarray | None = None  # previous original frame (uint8)
-        self._den: np.ndarray | None = None  # previous denoised input (float)
+        self._den: np.ndarray | None = None  # previous denoised input (float; kept only when denoising)
         self._out: np.ndarray | None = None  # previous output (float)
         self._labels: np.ndarray | None = None
         self._ref_out: np.ndarray | None = None  # reference output (float) and the composed flow to it
@@ -186,7 +186,7 @@ class Stabilizer:
         if self._est is None or self._src is None:
             self._cur = (src, None, None, None)
             self._pending_labels = labels
-            if self._est is not None:
+            if self.denoise > 0:
                 self._den = _f(src)
             return src
         fwd, bwd = self._est.both(src, self._src)  # current -> previous, previous -> current
@@ -203,7 +203,7 @@ class Stabilizer:
             self.stats.frames = frames
             self._cur = (src, None, None, None)
             self._pending_labels = labels
-            self._den = s
+            self._den = s if self.denoise > 0 else None
             return src
         self.stats.reliable_sum += float(fb_ok.mean())
         if not self.occlusions:  # only pixels whose flow leaves the frame; the stillness gate judges the rest
