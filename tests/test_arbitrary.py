@@ -285,6 +285,24 @@ def test_constant_style_map_equals_the_vector_path(images, styles, predictor, tr
     torch.testing.assert_close(by_vector[:1], first_alone, atol=1e-5, rtol=0)
 
 
+def test_inference_path_equals_the_plain_differentiable_one(images, styles, predictor, transformer) -> None:
+    """Inference takes its norm statistics from the fast kernel (nstray.models.instance_stats); with autograd
+    recording, from the plain differentiable var_mean: the same image, for both style forms. (The channels-last
+    layout on CPU is covered by the comparisons with onnxruntime above.)"""
+    content = torch.cat([_content(images["car"], 77), _content(images["road"], 77)])
+    with torch.no_grad():
+        vectors = predictor(torch.cat([styles["intel"], styles["lanes"]]))
+    masks = torch.zeros(2, 2, *content.shape[-2:])
+    masks[:, 0, :, :40] = 1.0
+    masks[:, 1] = 1.0 - masks[:, 0]
+    pair = (torch.stack([vectors, vectors.flip(0)], 1), masks)
+    for style in (vectors, pair):
+        with torch.inference_mode():
+            fast = transformer(content, style)
+        plain = transformer(content.clone().requires_grad_(True), style).detach()
+        torch.testing.assert_close(fast, plain, atol=2e-5, rtol=0)
+
+
 def test_two_regions_take_their_own_styles_in_one_pass(images, styles, predictor, transformer) -> None:
     """Left half one style, right half another, both orders in one batch, against single-style runs.
 

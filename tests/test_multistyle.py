@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nstray.models.instance_stats as instance_stats_module
 import nstray.models.multistyle as ms
 from nstray.models.multistyle import NUM_STYLES, STYLE_NAMES, MultiStyleNet, multistyle26
 from nstray.weights import resolve
@@ -179,7 +180,7 @@ def test_chunked_and_grouped_cpu_paths_agree_with_the_plain_computation(model, m
     with torch.inference_mode():
         ref_pp, ref_pi = model(x, weights), model(x, per_image)
         monkeypatch.setattr(ms, "_CPU_CHUNK_ELEMS", 500)
-        monkeypatch.setattr(ms, "_STATS_BLOCK_PIXELS", 100)
+        monkeypatch.setattr(instance_stats_module, "STATS_BLOCK_PIXELS", 100)
         small_pp, small_pi = model(x, weights), model(x, per_image)
         monkeypatch.setattr(ms, "_pixel_group", lambda c, cpu: 1)
         ungrouped = model(x, weights)

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nstray.models.instance_stats import instance_stats
+
 if TYPE_CHECKING:
     from nstray.models.onnx_weights import OnnxWeights
 
@@ -354,7 +356,10 @@ class _CondInstanceNorm(_Quantizable):
         gamma = self.fq(self._project(self.gamma, cond, size), "gamma")
         beta = self.fq(self._project(self.beta, cond, size), "beta")
         if not self.emulate_quant:
-            var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+            if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad or beta.requires_grad):
+                var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+            else:  # inference: the same numbers, 4x faster on CPU
+                mean, var = (t.to(x.dtype)[:, :, None, None] for t in instance_stats(x))
             return torch.addcmul(beta, x - mean, torch.rsqrt(var + self.eps) * gamma)
         x = self.fq(x, "x")
         mean = self.fq(x.mean(dim=(2, 3), keepdim=True), "mean")
@@ -453,6 +458,8 @@ class ArbitraryTransformer(_Quantizable):
             raise ValueError(f"content is {hgt}x{wid}; both sides need at least {_MIN_SIDE} px")
         pad = [0, (-wid) % _MULTIPLE, 0, (-hgt) % _MULTIPLE]
         cond = self._conditioning(style, x, pad)
+        if x.is_cpu:  # oneDNN's convolutions and the norm statistics are ~1.3x faster channels-last on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.fq(F.pad(x, pad, mode="reflect") if any(pad) else x, "input")
         for i, conv in enumerate(self.contract):
             h = self.fq(F.relu(conv(h)), f"contract{i}")

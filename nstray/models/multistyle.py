@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nstray.models.builtin_styles import NUM_STYLES, STYLE_NAMES
+from nstray.models.instance_stats import instance_stats
 
 __all__ = ["NUM_STYLES", "STYLE_NAMES", "ConditionalInstanceNorm2d", "MultiStyleNet", "multistyle26"]
 
@@ -62,9 +63,6 @@ _MIN_SIDE = 5  # reflect padding by 4 at the input and by 1 at stride 4 needs at
 # CPU work on big maps is split into chunks of about this many floats of the feature map (1 MiB),
 # so temporaries stay in cache and never cost a fresh (page-faulting) allocation
 _CPU_CHUNK_ELEMS = 1 << 18
-# per-image statistics are taken over blocks of this many pixels and combined in float64: the
-# channels-last batch-norm statistics kernel accumulates in float32, accurate over a block only
-_STATS_BLOCK_PIXELS = 1 << 17
 # maps at least this big (elements) skip the padded copy before a conv on CPU (see _conv_reflect)
 _BORDER_TRICK_MIN_ELEMS = 1 << 20
 
@@ -104,66 +102,6 @@ class _Style:
         return self._sums[key]
 
 
-def _stats_group(c: int) -> int:
-    """Pixels folded into one row for the statistics kernel, so a row has ≥ 32 floats (vectorizes)."""
-    g = 1
-    while (g * c) % 8 or g * c < 32:
-        g += 1
-    return g
-
-
-def _combine(counts: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
-    """Merge per-part (count, mean, biased variance) along dim 0, in float64 (Chan et al.)."""
-    n = counts.sum(0)
-    mean = (counts * means).sum(0) / n
-    var = (counts * (variances + (means - mean).square())).sum(0) / n
-    return mean, var
-
-
-def _instance_stats(y: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image, per-channel mean and biased variance over H×W, float32 [B, C].
-
-    CPU: the channels-last batch-norm statistics kernel, run on blocks of pixels (each block
-    viewed as rows of ≥ 32 floats, so channel counts as small as 3 still vectorize) and
-    combined in float64. Elsewhere: one batched float32 reduction.
-    """
-    b, c, h, w = y.shape
-    if not y.is_cpu:  # one batched reduction (a per-image loop costs a launch per image and layer)
-        var, mean = torch.var_mean(y.float(), dim=(2, 3), correction=0)
-        return mean, var
-    means, variances = [], []
-    for i in range(b):
-        yi = y[i : i + 1]
-        if not yi.is_cpu or not yi.is_contiguous(memory_format=torch.channels_last):
-            m, v = torch.batch_norm_update_stats(yi, None, None, 0.0)
-            means.append(m.float())
-            variances.append(v.float())
-            continue
-        flat = yi.permute(0, 2, 3, 1).reshape(-1)  # a view: [h·w·C]
-        g = _stats_group(c)
-        row = g * c
-        rows_total = (h * w) // g
-        block = max(1, _STATS_BLOCK_PIXELS // g)
-        parts_n, parts_m, parts_v = [], [], []
-        for r0 in range(0, rows_total, block):
-            r1 = min(rows_total, r0 + block)
-            v4 = flat[r0 * row : r1 * row].view(1, r1 - r0, 1, row).permute(0, 3, 1, 2)  # [1, gC, rows, 1]
-            m, v = torch.batch_norm_update_stats(v4, None, None, 0.0)
-            parts_n.append(torch.full((g, 1), float(r1 - r0), dtype=torch.float64))
-            parts_m.append(m.view(g, c).double())
-            parts_v.append(v.view(g, c).double())
-        tail = flat[rows_total * row :].view(-1, c)
-        if tail.shape[0]:
-            t64 = tail.double()
-            parts_n.append(torch.full((1, 1), float(tail.shape[0]), dtype=torch.float64))
-            parts_m.append(t64.mean(0, keepdim=True))
-            parts_v.append(t64.var(0, unbiased=False, keepdim=True))
-        m, v = _combine(torch.cat(parts_n), torch.cat(parts_m), torch.cat(parts_v))
-        means.append(m.float())
-        variances.append(v.float())
-    return torch.stack(means), torch.stack(variances)
-
-
 class ConditionalInstanceNorm2d(nn.Module):
     """Instance norm whose affine parameters are a weighted sum over per-style tables.
 
@@ -195,7 +133,7 @@ class ConditionalInstanceNorm2d(nn.Module):
             if grad:
                 var, mean = torch.var_mean(y.float(), dim=(2, 3), correction=0)
             else:
-                mean, var = _instance_stats(y)  # [B, C]
+                mean, var = instance_stats(y)  # [B, C]
             w = style.per_image.float()
             scale = (w @ gamma) * torch.rsqrt(var + self.eps)
             shift = w @ beta - mean * scale
