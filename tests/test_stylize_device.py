@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from nstray import masks, storage
 from nstray.assets import load_plan_assets
@@ -120,6 +121,42 @@ def test_same_size_images_share_one_forward_pass_per_network():
     images, labels, cats = zip(*cases)
     stylizer.stylize_batch(images, labels, cats)
     assert sorted(calls) == [(2, 3, 80, 96), (5, 3, 96, 112)]
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor's values into Python or NumPy: on a GPU, each one waits for the device."""
+
+    READS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_reads_per_batch_do_not_grow_with_images_or_parts():
+    """Issue 14's rule for the device path: nothing waits on the device per image or per part. Run on CPU
+    tensors with the GPU's nearest fill, a batch of 8 images with many parts (scaled ones too, both networks)
+    reads values back as often as a batch of 2: the plan's one read and the download, per size group (the rest
+    are reads of host-side tables, also once per batch; on CPU tensors the two cannot be told apart)."""
+    plan = load_plan({
+        "styles": {"a": {"kind": "multistyle", "index": 3}, "b": {"kind": "multistyle", "index": 16},
+                   "g": {"kind": "arbitrary", "image": str(DEMO_PLAN.parent.parent / "styles" / "mosaic.png")}},
+        "parts": {"hood": {"style": "a"}, "wheel": {"style": "b", "scale": 2.0},
+                  "front_door": {"style": "g"}, "mirror": {"style": "a", "scale": 1.5, "preserve_color": True}},
+    })
+    stylizer = PartStylizer(plan, nearest_fill="jump-flooding", assets=load_plan_assets(plan))
+    counts = {}
+    for n in (2, 8):
+        images, labels, cats = zip(*[_random_case(s, parts=24) for s in range(n)])
+        stylizer.stylize_batch(images, labels, cats, variants=list(range(n)))  # warm: style vectors cached
+        with _HostReads() as reads:
+            stylizer.stylize_batch(images, labels, cats, variants=list(range(n)))
+        counts[n] = reads.count
+    assert counts[2] == counts[8] <= 12, counts
 
 
 def test_nearest_fill_by_jump_flooding_matches_opencv_off_the_fill_boundaries():
