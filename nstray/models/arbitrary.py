@@ -338,7 +338,7 @@ class _CondInstanceNorm(_Quantizable):
         self.beta = nn.Conv2d(style_dim, channels, 1)
         self.eps = eps
 
-    def _project(self, proj: nn.Conv2d, cond: _Conditioning, size: tuple[int, int]) -> Tensor:
+    def _project(self, proj: nn.Conv2d, cond: _Conditioning, size: tuple[int, int], channels_last: bool) -> Tensor:
         weight = proj.weight.flatten(1)  # [C, D]
         if cond.vector is not None:
             return F.linear(cond.vector, weight, proj.bias)[:, :, None, None]
@@ -347,20 +347,27 @@ class _CondInstanceNorm(_Quantizable):
         # (vectors, masks): W(Σ m_k v_k) + b = Σ m_k (W v_k) + b, the bias once, as for the map
         masks = cond.pooled(size)
         b, k = masks.shape[:2]
-        per_style = F.linear(cond.vectors, weight).transpose(1, 2)  # [B, C, K]
+        per_style = F.linear(cond.vectors, weight)  # [B, K, C]
+        if channels_last:  # [B, h·w, C], viewed as a channels-last [B, C, h, w]: the features' layout
+            bias = proj.bias[None, None, :].expand(b, 1, -1)
+            out = torch.baddbmm(bias, masks.reshape(b, k, -1).transpose(1, 2), per_style)
+            return out.view(b, *size, -1).permute(0, 3, 1, 2)
         bias = proj.bias[None, :, None].expand(b, -1, 1)
-        return torch.baddbmm(bias, per_style, masks.reshape(b, k, -1)).reshape(b, -1, *size)
+        return torch.baddbmm(bias, per_style.transpose(1, 2), masks.reshape(b, k, -1)).reshape(b, -1, *size)
 
     def forward(self, x: Tensor, cond: _Conditioning) -> Tensor:
         size = (x.shape[-2], x.shape[-1])
-        gamma = self.fq(self._project(self.gamma, cond, size), "gamma")
-        beta = self.fq(self._project(self.beta, cond, size), "beta")
+        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        gamma = self.fq(self._project(self.gamma, cond, size, cl), "gamma")
+        beta = self.fq(self._project(self.beta, cond, size, cl), "beta")
         if not self.emulate_quant:
             if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad or beta.requires_grad):
                 var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
-            else:  # inference: the same numbers, 4x faster on CPU
-                mean, var = (t.to(x.dtype)[:, :, None, None] for t in instance_stats(x))
-            return torch.addcmul(beta, x - mean, torch.rsqrt(var + self.eps) * gamma)
+                return torch.addcmul(beta, x - mean, torch.rsqrt(var + self.eps) * gamma)
+            # inference: statistics 4x faster on CPU than var_mean; in place on x (a fresh conv output) and
+            # on gamma (a fresh projection), so no full-size temporaries
+            mean, var = (t.to(x.dtype)[:, :, None, None] for t in instance_stats(x))
+            return torch.addcmul(beta, x.sub_(mean), gamma.mul_(torch.rsqrt(var + self.eps)), out=x)
         x = self.fq(x, "x")
         mean = self.fq(x.mean(dim=(2, 3), keepdim=True), "mean")
         var = self.fq(self.fq((x - mean) ** 2, "sqdiff").mean(dim=(2, 3), keepdim=True), "var")
