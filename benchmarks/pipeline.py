@@ -343,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
                 if utils:
                     section[f"{label}_gpu_util_mean"] = statistics.mean(utils)
         report["sections"][name] = section
-        print(f"{name}: bare loop {bare:.3f} images/s | nstray job {job:.3f} images/s | ratio {job / bare:.2f}x | "
-              f"peak RSS bare {section['bare_peak_rss_mb']:.0f} MB, job {section['ray_peak_rss_mb']:.0f} MB "
-              f"(driver {section['ray_driver_peak_rss_mb']:.0f} MB)")
+        if runs.get("bare"):
+            print(f"{name}: bare loop {bare:.3f} images/s | nstray job {job:.3f} images/s | ratio {job / bare:.2f}x | "
+                  f"peak RSS bare {section['bare_peak_rss_mb']:.0f} MB, job {section['ray_peak_rss_mb']:.0f} MB "
+                  f"(driver {section['ray_driver_peak_rss_mb']:.0f} MB)")
+        else:  # --no-bare: nothing to compare with
+            print(f"{name}: nstray job {job:.3f} images/s | peak RSS {section['ray_peak_rss_mb']:.0f} MB "
+                  f"(driver {section['ray_driver_peak_rss_mb']:.0f} MB)")
         if name == "gpu" and not (section["placement"] or {}).get("gpus_per_actor"):
             print("gpu: no GPU in this machine's Ray cluster: the GPU section ran on the CPU (numbers are not GPU numbers)")
         elif name == "gpu":
