@@ -22,6 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nstray.models.arbitrary as arbitrary_module
+import nstray.models.cpu_conv as cpu_conv
 from nstray.models.arbitrary import (
     STYLE_DIM,
     ArbitraryTransformer,
@@ -301,6 +303,27 @@ def test_inference_path_equals_the_plain_differentiable_one(images, styles, pred
             fast = transformer(content, style)
         plain = transformer(content.clone().requires_grad_(True), style).detach()
         torch.testing.assert_close(fast, plain, atol=2e-5, rtol=0)
+
+
+def test_cpu_convolution_forms_equal_the_plain_convolutions(images, styles, predictor, transformer, monkeypatch) -> None:
+    """On CPU the convs run in nstray.models.cpu_conv's forms (border strips, space-to-depth, upsample folded
+    into the conv); the plain module convs (what other devices run) give the same image, at an odd size."""
+    content = _content(images["car"], 75)
+    with torch.no_grad():
+        vector = predictor(styles["intel"])
+    masks = torch.zeros(1, 2, 75, 75)
+    masks[:, 0, :30] = 1.0
+    masks[:, 1] = 1.0 - masks[:, 0]
+    pair = (torch.cat([vector, vector.flip(1)])[None], masks)
+    monkeypatch.setattr(cpu_conv, "BORDER_TRICK_MIN_ELEMS", 0)  # the border-strip form at this small size too
+    with torch.inference_mode():
+        fast = [transformer(content, style) for style in (vector, pair)]
+    monkeypatch.setattr(arbitrary_module, "_conv", lambda conv, x, upsample=False: conv(
+        F.interpolate(x, scale_factor=2.0, mode="nearest") if upsample else x))
+    with torch.inference_mode():
+        plain = [transformer(content, style) for style in (vector, pair)]
+    for f, p in zip(fast, plain):
+        torch.testing.assert_close(f, p, atol=2e-5, rtol=0)
 
 
 def test_two_regions_take_their_own_styles_in_one_pass(images, styles, predictor, transformer) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nstray.models.cpu_conv as cpu_conv
 import nstray.models.instance_stats as instance_stats_module
 import nstray.models.multistyle as ms
 from nstray.models.multistyle import NUM_STYLES, STYLE_NAMES, MultiStyleNet, multistyle26
@@ -80,44 +81,18 @@ def test_matches_onnxruntime(model, session, size):
 
 def test_matches_onnxruntime_on_the_big_map_conv_path(model, session, monkeypatch):
     """Big maps take the zero-pad + border-strip conv; force it on a small odd-sized image."""
-    monkeypatch.setattr(ms, "_BORDER_TRICK_MIN_ELEMS", 0)
+    monkeypatch.setattr(cpu_conv, "BORDER_TRICK_MIN_ELEMS", 0)
     x = np.random.default_rng(1).random((3, 75, 93), dtype=np.float32)
     w = _style_vectors()["blend 3/11/20"]
     diff = float(np.abs(_run(model, x, w) - _ort(session, x, w)).max())
     assert diff <= TOL, diff
 
 
-@pytest.mark.parametrize("kernel,stride,size", [(3, 1, (40, 37)), (3, 2, (41, 38)), (3, 2, (40, 40)), (9, 1, (45, 50))])
-def test_conv_reflect_equals_pad_then_conv(kernel, stride, size, monkeypatch):
-    monkeypatch.setattr(ms, "_BORDER_TRICK_MIN_ELEMS", 0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, *size, generator=g).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(5, 4, kernel, kernel, generator=g)
-    p = kernel // 2
-    expected = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), w, stride=stride)
-    torch.testing.assert_close(ms._conv_reflect(x, w, stride), expected, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("kernel,size,cl", [(9, (44, 52), True), (9, (45, 50), True), (9, (37, 41), False),
-                                             (5, (20, 21), True), (3, (12, 9), False)])
-def test_space_to_depth_conv_equals_pad_then_conv(kernel, size, cl):
-    """The decoder's last conv runs on the pixel-unshuffled map: the same numbers on even and odd sides."""
-    g = torch.Generator().manual_seed(kernel)
-    x = torch.randn(2, 4, *size, generator=g)
-    x = x.contiguous(memory_format=torch.channels_last) if cl else x
-    w = torch.randn(3, 4, kernel, kernel, generator=g)
-    p = kernel // 2
-    expected = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), w)
-    got = ms._conv_reflect_phases(x, w)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-
-
 def test_the_last_conv_takes_the_space_to_depth_path_on_cpu(model):
     last = model.expand[2].conv
-    assert ms._phases_pay(torch.empty(1, 4, 64, 64), last)
-    assert not ms._phases_pay(torch.empty(1, 3, 64, 64), model.contract[0].conv)  # 32 outputs: plain conv is faster
-    assert not ms._phases_pay(torch.empty(1, 4, 9, 64), last)  # too small for the phase view
+    assert cpu_conv.phases_pay(torch.empty(1, 4, 64, 64), last)
+    assert not cpu_conv.phases_pay(torch.empty(1, 3, 64, 64), model.contract[0].conv)  # 32 outputs: plain conv is faster
+    assert not cpu_conv.phases_pay(torch.empty(1, 4, 9, 64), last)  # too small for the phase view
 
 
 def test_batch_of_different_styles_equals_one_by_one(model):

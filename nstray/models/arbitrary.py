@@ -27,6 +27,13 @@ global over the image, as in the paper's spatial control, so regions are coupled
 high-contrast style a low-contrast one loses contrast (its normalized features are divided by the
 larger pooled deviation) and the high-contrast one gains some. Where a part must look exactly like
 the whole image styled with its style, run K single-style passes as one batch and composite.
+
+Speed (CPU inference): channels-last throughout (the per-part γ/β maps too); the convs in the exact
+forms of :mod:`nstray.models.cpu_conv` (border strips instead of padded copies, the 9×9 convs with 3
+or 8 channels on the space-to-depth map, upsample + conv as one conv and a pixel shuffle); norm
+statistics from :mod:`nstray.models.instance_stats`, the norm in place. About 2x the plain module
+at 512² (``benchmarks/augment_cost.py``'s style randomization runs this network). Other devices run
+the plain modules.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nstray.models.cpu_conv import conv_reflect, conv_reflect_phases, phases_pay, upconv_reflect
 from nstray.models.instance_stats import instance_stats
 
 if TYPE_CHECKING:
@@ -377,6 +385,18 @@ class _CondInstanceNorm(_Quantizable):
         return self.fq(x * mul, "x_mul") + shift
 
 
+def _conv(conv: nn.Conv2d, x: Tensor, upsample: bool = False) -> Tensor:
+    """The reflect-padded ``conv`` of ``x`` (after a nearest ×2 upsample with ``upsample``): on CPU in the
+    exact, faster forms of :mod:`nstray.models.cpu_conv`, elsewhere as the module computes it."""
+    if not x.is_cpu:
+        return conv(F.interpolate(x, scale_factor=2.0, mode="nearest") if upsample else x)
+    if upsample:
+        return upconv_reflect(x, conv.weight, conv.bias)
+    if phases_pay(x, conv):
+        return conv_reflect_phases(x, conv.weight, conv.bias)
+    return conv_reflect(x, conv.weight, conv.stride[0], conv.bias)
+
+
 class _ResidualBlock(_Quantizable):
     """x + CIN(conv(relu(CIN(conv(x))))), 3x3 reflect-padded convs without bias."""
 
@@ -388,8 +408,8 @@ class _ResidualBlock(_Quantizable):
         self.norm2 = _CondInstanceNorm(channels)
 
     def forward(self, x: Tensor, cond: _Conditioning) -> Tensor:
-        h = self.norm1.fq(F.relu(self.norm1(self.conv1(x), cond)), "out")
-        h = self.norm2.fq(self.norm2(self.conv2(h), cond), "out")
+        h = self.norm1.fq(F.relu(self.norm1(_conv(self.conv1, x), cond)), "out")
+        h = self.norm2.fq(self.norm2(_conv(self.conv2, h), cond), "out")
         return self.fq(x + h, "add")
 
 
@@ -469,15 +489,14 @@ class ArbitraryTransformer(_Quantizable):
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.fq(F.pad(x, pad, mode="reflect") if any(pad) else x, "input")
         for i, conv in enumerate(self.contract):
-            h = self.fq(F.relu(conv(h)), f"contract{i}")
+            h = self.fq(F.relu(_conv(conv, h)), f"contract{i}")
         for block in self.residual:
             h = block(h, cond)
         for i in range(2):  # nearest x2 upsampling, conv, CIN, ReLU
-            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
             norm = self.expand_norm[i]
-            h = norm.fq(F.relu(norm(self.expand[i](h), cond)), "out")
+            h = norm.fq(F.relu(norm(_conv(self.expand[i], h, upsample=True), cond)), "out")
         last = self.expand_norm[2]
-        h = last.fq(last(self.expand[2](h), cond), "out")
+        h = last.fq(last(_conv(self.expand[2], h), cond), "out")
         return self.fq(torch.sigmoid(h), "output")[..., :hgt, :wid]
 
 

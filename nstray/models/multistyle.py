@@ -33,13 +33,12 @@ taken over the pixels it weights (see :class:`ConditionalInstanceNorm2d`), so a 
 normalised as if it were styled on its own; spatially constant weights give exactly the
 per-image result.
 
-Speed (CPU inference): channels-last throughout; a reflect-padded conv is a zero-padded conv
-whose border rows/columns are recomputed from thin reflect-padded strips (no padded copy of a
-big map); "nearest ×2 upsample + reflect pad + 3×3 conv" is one 3×3 conv with 4× the output
-channels on the replicate-padded low-resolution map plus a pixel shuffle (exact; no 4× bigger
-intermediate); the last 9×9 conv (4→3 channels, far below GEMM speed) runs on the 2×2 space-to-depth
-map as a 5×5 conv 16→12 (exact); norms work in place; statistics use the vectorized batch-norm kernel on pixel
-blocks combined in float64; the per-pixel γ/β maps are GEMMs over cache-sized chunks of pixels
+Speed (CPU inference): channels-last throughout; the convs in the exact forms of
+:mod:`nstray.models.cpu_conv`: a reflect-padded conv is a zero-padded conv whose border rows/columns
+are recomputed from thin reflect-padded strips, "nearest ×2 upsample + reflect pad + 3×3 conv" is one
+3×3 conv with 4× the output channels plus a pixel shuffle, the last 9×9 conv (4→3 channels, far below
+GEMM speed) runs on the 2×2 space-to-depth map as a 5×5 conv 16→12; norms work in place; statistics
+from :mod:`nstray.models.instance_stats` (the vectorized batch-norm kernel); the per-pixel γ/β maps are GEMMs over cache-sized chunks of pixels
 in reusable buffers, never materialised whole. On CUDA the plain pad + conv is used and the per-pixel
 norm is whole-batch GEMMs in float32 (also for fp16/bf16 networks); with autograd recording everything
 runs out of place (:func:`_per_pixel_norm_reference`).
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nstray.models.builtin_styles import NUM_STYLES, STYLE_NAMES
+from nstray.models.cpu_conv import conv_reflect, conv_reflect_phases, phases_pay, upconv_reflect
 from nstray.models.instance_stats import instance_stats
 
 __all__ = ["NUM_STYLES", "STYLE_NAMES", "ConditionalInstanceNorm2d", "MultiStyleNet", "multistyle26"]
@@ -63,8 +63,6 @@ _MIN_SIDE = 5  # reflect padding by 4 at the input and by 1 at stride 4 needs at
 # CPU work on big maps is split into chunks of about this many floats of the feature map (1 MiB),
 # so temporaries stay in cache and never cost a fresh (page-faulting) allocation
 _CPU_CHUNK_ELEMS = 1 << 18
-# maps at least this big (elements) skip the padded copy before a conv on CPU (see _conv_reflect)
-_BORDER_TRICK_MIN_ELEMS = 1 << 20
 
 
 class _Style:
@@ -277,98 +275,6 @@ def _per_pixel_norm_fp32(
     return out.to(y.dtype).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
-def _conv_reflect(x: Tensor, weight: Tensor, stride: int) -> Tensor:
-    """``conv2d(reflect_pad(x, k // 2), weight, stride)`` without copying ``x`` into a padded buffer.
-
-    On CPU, big maps: a zero-padded conv, then the output rows/columns that read the padding are
-    recomputed from thin reflect-padded strips of ``x`` (exact). Elsewhere: pad, then conv.
-    """
-    k = weight.shape[-1]
-    p = k // 2
-    h, w = x.shape[-2:]
-    if not x.is_cpu or min(h, w) < 4 * k or x.numel() < _BORDER_TRICK_MIN_ELEMS:
-        return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), weight, stride=stride)
-    y = F.conv2d(x, weight, stride=stride, padding=p)
-    ho, wo = y.shape[-2:]
-    nt = -(-p // stride)  # output rows/cols whose window starts above/left of the image
-    nb = (h - 1 - p) // stride + 1  # first output row whose window ends below the image
-    nr = (w - 1 - p) // stride + 1
-    top = x[:, :, : stride * (nt - 1) + p + 1]
-    y[:, :, :nt] = F.conv2d(F.pad(top, (p, p, p, 0), mode="reflect"), weight, stride=stride)
-    if nb < ho:
-        pb = stride * (ho - 1) + p - (h - 1)
-        bottom = F.pad(x[:, :, stride * nb - p :], (p, p, 0, pb), mode="reflect")
-        y[:, :, nb:] = F.conv2d(bottom, weight, stride=stride)
-    left = x[:, :, :, : stride * (nt - 1) + p + 1]
-    y[:, :, :, :nt] = F.conv2d(F.pad(left, (p, 0, p, p), mode="reflect"), weight, stride=stride)
-    if nr < wo:
-        pr = stride * (wo - 1) + p - (w - 1)
-        right = F.pad(x[:, :, :, stride * nr - p :], (0, pr, p, p), mode="reflect")
-        y[:, :, :, nr:] = F.conv2d(right, weight, stride=stride)
-    return y
-
-
-def _phase_kernel(weight: Tensor) -> Tensor:
-    """A k×k stride-1 kernel ``[O, C, k, k]`` (k odd) as the ``[4·O, 4·C, (k+1)/2, (k+1)/2]`` kernel of the same
-    conv on 2×2 space-to-depth maps: input channel ``c·4 + 2p + q`` is pixel phase (p, q) of channel c (as
-    :func:`torch.nn.functional.pixel_unshuffle`), output channel ``o·4 + 2a + b`` is output phase (a, b) (as
-    :func:`torch.nn.functional.pixel_shuffle`). Output phase (a, b) reads tap ``(2i + p − a, 2j + q − b)``."""
-    o, c, k, _ = weight.shape
-    kk = (k + 1) // 2
-    phases = [
-        F.pad(weight, (b, 1 - b, a, 1 - a)).reshape(o, c, kk, 2, kk, 2).permute(0, 1, 3, 5, 2, 4)
-        for a in (0, 1)
-        for b in (0, 1)
-    ]
-    return torch.stack(phases, 1).reshape(4 * o, 4 * c, kk, kk)
-
-
-def _conv_reflect_phases(x: Tensor, weight: Tensor) -> Tensor:
-    """``conv2d(reflect_pad(x, k // 2), weight)`` (stride 1) computed on the 2×2 space-to-depth map.
-
-    A conv with few channels (the decoder's 9×9 conv 4→3) runs far below the CPU's GEMM speed;
-    the same conv on the pixel-unshuffled map has 4× the channels on each side and a ~k/2 kernel
-    (7.5 → 4.0 ms at 512² on 2 cores, the (un)shuffles included). Exact up to float rounding.
-    """
-    k = weight.shape[-1]
-    p = k // 2
-    h, w = x.shape[-2:]
-    xs = F.pixel_unshuffle(F.pad(x, (p, p + w % 2, p, p + h % 2), mode="reflect"), 2)  # odd sides: one spare row/col
-    ks = _phase_kernel(weight)
-    if xs.is_contiguous(memory_format=torch.channels_last):
-        ks = ks.contiguous(memory_format=torch.channels_last)
-    return F.pixel_shuffle(F.conv2d(xs, ks), 2)[:, :, :h, :w]
-
-
-# R[a][i, t]: original tap t (dy = -1, 0, 1) of a 3×3 conv on a nearest-×2-upsampled map reads
-# low-res tap i (-1, 0, 1) for output rows of parity a (and likewise for columns)
-_PHASE_TAPS = torch.tensor(
-    [[[1, 0, 0], [0, 1, 1], [0, 0, 0]], [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=torch.float32
-)
-
-
-def _upconv_reflect(x: Tensor, weight: Tensor) -> Tensor:
-    """``conv3x3(reflect_pad(upsample_nearest_x2(x), 1), weight)`` without building the upsampled map.
-
-    Each of the 4 output phases (row, column parity) is a 3×3 conv of ``x`` itself with taps
-    summed by :data:`_PHASE_TAPS`; reflect-padding the upsampled map equals replicate-padding
-    ``x``. One conv with 4× the output channels, then a pixel shuffle: exact, and 3–4× faster
-    on CPU than upsample + conv (no 4× bigger intermediate, wider conv).
-    """
-    o, c = weight.shape[:2]
-    taps = _PHASE_TAPS.to(device=weight.device, dtype=weight.dtype)
-    k = torch.einsum("aiy,ocyx,bjx->oabcij", taps, weight, taps).reshape(4 * o, c, 3, 3)
-    if x.is_contiguous(memory_format=torch.channels_last):
-        k = k.contiguous(memory_format=torch.channels_last)
-    return F.pixel_shuffle(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k), 2)
-
-
-def _phases_pay(x: Tensor, conv: nn.Conv2d) -> bool:
-    """The space-to-depth conv pays on CPU for wide stride-1 kernels with few output channels (the last conv)."""
-    o, _, k, _ = conv.weight.shape
-    return x.is_cpu and conv.stride[0] == 1 and k >= 5 and o <= 8 and min(x.shape[-2:]) > k
-
-
 class _ConvNorm(nn.Module):
     """Reflect pad + bias-free conv + conditional instance norm (+ ReLU): one ONNX block.
 
@@ -387,11 +293,11 @@ class _ConvNorm(nn.Module):
     def forward(self, x: Tensor, style: _Style, stride: int) -> Tensor:
         """``stride`` is the layer's output stride relative to the input image (1, 2 or 4)."""
         if self.upsample:
-            y = _upconv_reflect(x, self.conv.weight)
-        elif _phases_pay(x, self.conv):
-            y = _conv_reflect_phases(x, self.conv.weight)
+            y = upconv_reflect(x, self.conv.weight)
+        elif phases_pay(x, self.conv):
+            y = conv_reflect_phases(x, self.conv.weight)
         else:
-            y = _conv_reflect(x, self.conv.weight, self.conv.stride[0])
+            y = conv_reflect(x, self.conv.weight, self.conv.stride[0])
         return self.norm(y, style, stride, self.relu)
 
 
