@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         out = [r.image for r in s.stylize_batch(ims, lms, cs, **kw)]
         d = np.concatenate([(o.astype(np.float64) - r)[m].ravel() for o, r, m in zip(out, ref, styled)])
         mse = float((d ** 2).mean()) if d.size else 0.0
-        psnr = 10 * np.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
+        psnr = float(10 * np.log10(255.0 ** 2 / mse)) if mse > 0 else float("inf")  # plain floats and bools: JSON
         q = {"precision": pr, "psnr_db": psnr, "max_abs_levels": float(np.abs(d).max()) if d.size else 0.0,
              "mean_abs_levels": float(np.abs(d).mean()) if d.size else 0.0, "gate_psnr_db": GATE_PSNR_DB,
-             "passes": psnr >= GATE_PSNR_DB}
+             "passes": bool(psnr >= GATE_PSNR_DB)}
         report["precision"].append(q)
         print(f"{pr} vs fp32 over styled pixels: PSNR {psnr:.1f} dB, max |diff| {q['max_abs_levels']:.0f}, "
               f"mean {q['mean_abs_levels']:.3f} levels: {'passes' if q['passes'] else 'FAILS'} the "
