@@ -252,6 +252,8 @@ def _per_pixel_norm_reference(
     Also the GPU inference path: batched GEMMs in float32 whatever ``y``'s dtype (fp16 sums over a
     whole map would overflow), with autocast off for the same reason; the result has ``y``'s dtype.
     """
+    if not torch.amp.is_autocast_available(y.device.type):  # e.g. the meta device (tests trace this path there)
+        return _per_pixel_norm_fp32(y, wmap, n, gk, bk, eps, relu)
     with torch.autocast(y.device.type, enabled=False):
         return _per_pixel_norm_fp32(y, wmap, n, gk, bk, eps, relu)
 
