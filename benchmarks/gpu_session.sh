@@ -73,7 +73,7 @@ key() {  # key REGEX: the matching lines of what the last step printed
 want() { [[ " ${STEPS:-ff path pipeline} " == *" $1 "* ]]; }
 if want ff; then
   # shellcheck disable=SC2086
-  step ff 100 40 $PY benchmarks/feedforward.py --device "$DEVICE" --sweep --sizes "$SIZE" --skip a b c --repeats 5 \
+  step ff 100 40 $PY benchmarks/feedforward.py --device "$DEVICE" --sweep --sizes "$SIZE" --skip a b c e --repeats 5 \
     --batches ${FF_BATCHES:-8 32 64} --dtypes fp32 fp16 bf16 --video /nonexistent --json "$OUT/ff.json"
   key "^ *[0-9]+²|^input|Error|error"
 fi
@@ -104,7 +104,7 @@ if want pipeline; then
 fi
 if want compile; then
   # shellcheck disable=SC2086
-  step compile 240 120 $PY benchmarks/feedforward.py --device "$DEVICE" --sweep --sizes "$SIZE" --skip a b c --repeats 5 \
+  step compile 240 120 $PY benchmarks/feedforward.py --device "$DEVICE" --sweep --sizes "$SIZE" --skip a b c e --repeats 5 \
     --batches ${COMPILE_BATCHES:-32} --dtypes ${COMPILE_DTYPES:-fp16} --compile default reduce-overhead \
     --video /nonexistent --json "$OUT/compile.json"
   key "^ *[0-9]+²|Error|error"
