@@ -306,8 +306,8 @@ def test_inference_path_equals_the_plain_differentiable_one(images, styles, pred
 
 
 def test_cpu_convolution_forms_equal_the_plain_convolutions(images, styles, predictor, transformer, monkeypatch) -> None:
-    """On CPU the convs run in nstray.models.cpu_conv's forms (border strips, space-to-depth, upsample folded
-    into the conv); the plain module convs (what other devices run) give the same image, at an odd size."""
+    """The convs run in nstray.models.cpu_conv's forms (border strips, space-to-depth, upsample folded into
+    the conv); the plain module convs after a plain upsample give the same image, at an odd size."""
     content = _content(images["car"], 75)
     with torch.no_grad():
         vector = predictor(styles["intel"])
@@ -318,7 +318,7 @@ def test_cpu_convolution_forms_equal_the_plain_convolutions(images, styles, pred
     monkeypatch.setattr(cpu_conv, "BORDER_TRICK_MIN_ELEMS", 0)  # the border-strip form at this small size too
     with torch.inference_mode():
         fast = [transformer(content, style) for style in (vector, pair)]
-    monkeypatch.setattr(arbitrary_module, "_conv", lambda conv, x, upsample=False: conv(
+    monkeypatch.setattr(arbitrary_module, "reflect_conv", lambda conv, x, upsample=False: conv(
         F.interpolate(x, scale_factor=2.0, mode="nearest") if upsample else x))
     with torch.inference_mode():
         plain = [transformer(content, style) for style in (vector, pair)]

@@ -28,13 +28,14 @@ high-contrast style a low-contrast one loses contrast (its normalized features a
 larger pooled deviation) and the high-contrast one gains some. Where a part must look exactly like
 the whole image styled with its style, run K single-style passes as one batch and composite.
 
-Speed (CPU inference): channels-last throughout (the per-part γ/β maps too); the convs in the exact
-forms of :mod:`nstray.models.cpu_conv` (border strips instead of padded copies, the 9×9 convs with 3
-or 8 channels on the space-to-depth map, upsample + conv as one conv and a pixel shuffle); norm
-statistics from :mod:`nstray.models.instance_stats`, the norm in place. At 512², batch 4, 2 cores:
-2.1x the plain module with one style vector, 1.7x with per-part maps (a timing script); style
-randomization, which runs this network per part, 120 -> 84 ms/image (``benchmarks/augment_cost.py``).
-Other devices run the plain modules.
+Speed (CPU inference): channels-last throughout (the per-part γ/β maps too); the convs through
+:func:`nstray.models.cpu_conv.reflect_conv` (border strips instead of padded copies, the 9×9 convs
+with 3 or 8 channels on the space-to-depth map, upsample + conv as one conv and a pixel shuffle);
+norm statistics from :mod:`nstray.models.instance_stats`, the norm in place. At 512², batch 4,
+2 cores: 2.1x the plain module with one style vector, 1.7x with per-part maps (a timing script);
+style randomization, which runs this network per part, 120 -> 84 ms/image
+(``benchmarks/augment_cost.py``). Other devices run plain padded convs (the upsample folded into
+the conv there too, as in the multi-style network).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nstray.models.cpu_conv import conv_reflect, conv_reflect_phases, phases_pay, upconv_reflect
+from nstray.models.cpu_conv import reflect_conv
 from nstray.models.instance_stats import instance_stats
 
 if TYPE_CHECKING:
@@ -386,18 +387,6 @@ class _CondInstanceNorm(_Quantizable):
         return self.fq(x * mul, "x_mul") + shift
 
 
-def _conv(conv: nn.Conv2d, x: Tensor, upsample: bool = False) -> Tensor:
-    """The reflect-padded ``conv`` of ``x`` (after a nearest ×2 upsample with ``upsample``): on CPU in the
-    exact, faster forms of :mod:`nstray.models.cpu_conv`, elsewhere as the module computes it."""
-    if not x.is_cpu:
-        return conv(F.interpolate(x, scale_factor=2.0, mode="nearest") if upsample else x)
-    if upsample:
-        return upconv_reflect(x, conv.weight, conv.bias)
-    if phases_pay(x, conv):
-        return conv_reflect_phases(x, conv.weight, conv.bias)
-    return conv_reflect(x, conv.weight, conv.stride[0], conv.bias)
-
-
 class _ResidualBlock(_Quantizable):
     """x + CIN(conv(relu(CIN(conv(x))))), 3x3 reflect-padded convs without bias."""
 
@@ -409,8 +398,8 @@ class _ResidualBlock(_Quantizable):
         self.norm2 = _CondInstanceNorm(channels)
 
     def forward(self, x: Tensor, cond: _Conditioning) -> Tensor:
-        h = self.norm1.fq(F.relu(self.norm1(_conv(self.conv1, x), cond)), "out")
-        h = self.norm2.fq(self.norm2(_conv(self.conv2, h), cond), "out")
+        h = self.norm1.fq(F.relu(self.norm1(reflect_conv(self.conv1, x), cond)), "out")
+        h = self.norm2.fq(self.norm2(reflect_conv(self.conv2, h), cond), "out")
         return self.fq(x + h, "add")
 
 
@@ -490,14 +479,14 @@ class ArbitraryTransformer(_Quantizable):
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.fq(F.pad(x, pad, mode="reflect") if any(pad) else x, "input")
         for i, conv in enumerate(self.contract):
-            h = self.fq(F.relu(_conv(conv, h)), f"contract{i}")
+            h = self.fq(F.relu(reflect_conv(conv, h)), f"contract{i}")
         for block in self.residual:
             h = block(h, cond)
         for i in range(2):  # nearest x2 upsampling, conv, CIN, ReLU
             norm = self.expand_norm[i]
-            h = norm.fq(F.relu(norm(_conv(self.expand[i], h, upsample=True), cond)), "out")
+            h = norm.fq(F.relu(norm(reflect_conv(self.expand[i], h, upsample=True), cond)), "out")
         last = self.expand_norm[2]
-        h = last.fq(last(_conv(self.expand[2], h), cond), "out")
+        h = last.fq(last(reflect_conv(self.expand[2], h), cond), "out")
         return self.fq(torch.sigmoid(h), "output")[..., :hgt, :wid]
 
 

@@ -11,8 +11,9 @@ convs, a 9×9 conv with few channels at full resolution, and decoders that upsam
 - :func:`upconv_reflect`: "nearest ×2 upsample + reflect pad + 3×3 conv" as one 3×3 conv with 4× the
   output channels on the replicate-padded low-resolution map, then a pixel shuffle (no 4× bigger map).
 
-Each takes the conv's ``weight`` ``[O, C, k, k]`` and optional ``bias`` ``[O]``; off the CPU the plain
-pad + conv runs. Pure tensors.
+Each takes the conv's ``weight`` ``[O, C, k, k]`` and optional ``bias`` ``[O]``. :func:`reflect_conv` picks
+the form for a network's ``nn.Conv2d`` layer; both style networks call it. Off the CPU the plain pad + conv
+runs, except the upsample form (no 4× bigger map on any device). Pure tensors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["conv_reflect", "conv_reflect_phases", "phases_pay", "upconv_reflect"]
+__all__ = ["conv_reflect", "conv_reflect_phases", "phases_pay", "reflect_conv", "upconv_reflect"]
 
 # maps at least this big (elements) skip the padded copy before a conv on CPU (see conv_reflect)
 BORDER_TRICK_MIN_ELEMS = 1 << 20
@@ -119,3 +120,13 @@ def phases_pay(x: Tensor, conv: nn.Conv2d) -> bool:
     """The space-to-depth conv pays on CPU for wide stride-1 kernels with few output channels (a last conv)."""
     o, _, k, _ = conv.weight.shape
     return x.is_cpu and conv.stride[0] == 1 and k >= 5 and o <= 8 and min(x.shape[-2:]) > k
+
+
+def reflect_conv(conv: nn.Conv2d, x: Tensor, upsample: bool = False) -> Tensor:
+    """The reflect-padded ``conv`` layer applied to ``x`` (after a nearest ×2 upsample with ``upsample``), in the
+    fastest of the exact forms above for ``x``'s device and shape."""
+    if upsample:
+        return upconv_reflect(x, conv.weight, conv.bias)
+    if phases_pay(x, conv):
+        return conv_reflect_phases(x, conv.weight, conv.bias)
+    return conv_reflect(x, conv.weight, conv.stride[0], conv.bias)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nstray.models.builtin_styles import NUM_STYLES, STYLE_NAMES
-from nstray.models.cpu_conv import conv_reflect, conv_reflect_phases, phases_pay, upconv_reflect
+from nstray.models.cpu_conv import reflect_conv
 from nstray.models.instance_stats import instance_stats
 
 __all__ = ["NUM_STYLES", "STYLE_NAMES", "ConditionalInstanceNorm2d", "MultiStyleNet", "multistyle26"]
@@ -294,13 +294,7 @@ class _ConvNorm(nn.Module):
 
     def forward(self, x: Tensor, style: _Style, stride: int) -> Tensor:
         """``stride`` is the layer's output stride relative to the input image (1, 2 or 4)."""
-        if self.upsample:
-            y = upconv_reflect(x, self.conv.weight)
-        elif phases_pay(x, self.conv):
-            y = conv_reflect_phases(x, self.conv.weight)
-        else:
-            y = conv_reflect(x, self.conv.weight, self.conv.stride[0])
-        return self.norm(y, style, stride, self.relu)
+        return self.norm(reflect_conv(self.conv, x, self.upsample), style, stride, self.relu)
 
 
 class _Residual(nn.Module):
