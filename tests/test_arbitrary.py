@@ -324,6 +324,7 @@ def test_cpu_convolution_forms_equal_the_plain_convolutions(images, styles, pred
         plain = [transformer(content, style) for style in (vector, pair)]
     for f, p in zip(fast, plain):
         torch.testing.assert_close(f, p, atol=2e-5, rtol=0)
+        assert f.is_contiguous()  # channels-last stays inside: callers get the layout they gave
 
 
 def test_two_regions_take_their_own_styles_in_one_pass(images, styles, predictor, transformer) -> None:

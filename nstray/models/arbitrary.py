@@ -487,7 +487,8 @@ class ArbitraryTransformer(_Quantizable):
             h = norm.fq(F.relu(norm(reflect_conv(self.expand[i], h, upsample=True), cond)), "out")
         last = self.expand_norm[2]
         h = last.fq(last(reflect_conv(self.expand[2], h), cond), "out")
-        return self.fq(torch.sigmoid(h), "output")[..., :hgt, :wid]
+        # back in the caller's layout (the multi-style network's contract too): channels-last stays inside
+        return self.fq(torch.sigmoid(h), "output")[..., :hgt, :wid].contiguous()
 
 
 # --------------------------------------------------------------------------------------------
