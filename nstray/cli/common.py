@@ -63,15 +63,18 @@ def short_warnings() -> None:
     not Python's ``file:line: RuntimeWarning`` form with a source line; other libraries' warnings keep theirs."""
     import warnings
 
-    root = str(Path(__file__).resolve().parents[1])
+    if getattr(warnings.showwarning, "nstray_short", False):  # once per process (the CLI may run again in it)
+        return
+    root = Path(__file__).resolve().parents[1]
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
-        if str(Path(filename).resolve()).startswith(root):
+        if Path(filename).resolve().is_relative_to(root):
             click.echo(f"Warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)
 
+    show.nstray_short = True  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 

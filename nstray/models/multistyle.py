@@ -39,9 +39,10 @@ are recomputed from thin reflect-padded strips, "nearest ×2 upsample + reflect 
 3×3 conv with 4× the output channels plus a pixel shuffle, the last 9×9 conv (4→3 channels, far below
 GEMM speed) runs on the 2×2 space-to-depth map as a 5×5 conv 16→12; norms work in place; statistics
 from :mod:`nstray.models.instance_stats` (the vectorized batch-norm kernel); the per-pixel γ/β maps
-are GEMMs over cache-sized chunks of pixels in reusable buffers, never materialised whole. On CUDA the plain pad + conv is used and the per-pixel
-norm is whole-batch GEMMs in float32 (also for fp16/bf16 networks); with autograd recording everything
-runs out of place (:func:`_per_pixel_norm_reference`).
+are GEMMs over cache-sized chunks of pixels in reusable buffers, never materialised whole. Off the CPU
+the convs are plain pad + conv (the upsample still folded into its conv) and the per-pixel norm is
+whole-batch GEMMs in float32 (also for fp16/bf16 networks); with autograd recording everything runs
+out of place (:func:`_per_pixel_norm_reference`).
 """
 
 from __future__ import annotations
