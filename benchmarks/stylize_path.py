@@ -37,7 +37,6 @@ from nstray.plan import load_plan  # noqa: E402
 from nstray.stylize.parts import PRECISION_GATE_PSNR_DB as GATE_PSNR_DB, PartStylizer  # noqa: E402
 
 
-
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
